@@ -1,0 +1,145 @@
+"""Butterfly stages in `keras.ops`: the run-time computation, one function per lowering.
+
+Every lowering computes the same function as `oracle.dense_matrix` (the tests
+hold them to it); they differ in which ops and how many memory passes run:
+
+- `"group_major"`: one transpose into a `(groups, positions, group_in)` layout,
+  then per stage one batched matmul and one transpose. Batched matmuls over all
+  positions are the big, efficient kind on every backend.
+- `"shuffle"`: per stage a reshape, a `...ga,gab->...gb` einsum and the
+  perfect-shuffle transpose, channels kept last.
+- `"multiply_sum"`: per stage a broadcast multiply and a sum over the group
+  axis, then the shuffle. XLA fuses each stage into one loop, which wins for
+  small radices there.
+- `"dense"`: the dense matrix, built from the stage kernels (weight-side work,
+  constant-folded by TFLite's converter), then one matmul. Only on request:
+  this is a dense fold, O(n^2).
+
+Cost is set by the number of stages (memory passes) far more than by MACs; see
+docs/benchmarks.md.
+"""
+
+import keras
+from keras import ops
+
+LOWERINGS = ("group_major", "shuffle", "multiply_sum", "dense")
+
+
+def default_lowering(backend=None):
+    """The lowering that measured fastest on `backend` (see docs/benchmarks.md)."""
+    backend = backend or keras.backend.backend()
+    return "multiply_sum" if backend == "jax" else "group_major"
+
+
+def merge_kernels(kernels, plan, segments):
+    """Stage kernels of `plan.merge(segments)`: each run of stages as one block stage.
+
+    Weight-side only (no activations). Merging stages `l` and `l + 1` gives
+    block `g` the entries `W_l[g*a' + d', d, e] * W_{l+1}[e*G + g, d', e']` at
+    row `d'*a + d`, column `e'*b + e`, where `a, b` / `a', b'` are the group
+    sizes of the two stages and `G` the merged group count.
+    """
+    merged_plan = plan.merge(segments)
+    merged, start = [], 0
+    for count in segments:
+        acc, acc_stage = kernels[start], plan.stages[start]
+        for kernel, stage in zip(
+            kernels[start + 1 : start + count], plan.stages[start + 1 : start + count]
+        ):
+            groups = acc_stage.groups // stage.group_in
+            a, b = acc_stage.group_in, acc_stage.group_out
+            a2, b2 = stage.group_in, stage.group_out
+            left = ops.reshape(acc, (groups, a2, a, b))
+            right = ops.reshape(kernel, (b, groups, a2, b2))
+            product = ops.einsum("gxde,egxy->gxdye", left, right)
+            acc = ops.reshape(product, (groups, a2 * a, b2 * b))
+            acc_stage = type(stage)(groups, a2 * a, b2 * b)
+        merged.append(acc)
+        start += count
+    return merged, merged_plan
+
+
+def _channels_to_matrix(x):
+    """(..., C) -> (M, C) and the leading shape to restore."""
+    lead = ops.shape(x)[:-1]
+    return ops.reshape(x, (-1, x.shape[-1])), lead
+
+
+def _pad_channels(x, padded):
+    extra = padded - x.shape[-1]
+    if extra:
+        x = ops.pad(x, ((0, 0), (0, extra)))
+    return x
+
+
+def _stages_group_major(x, kernels, stages):
+    first = stages[0]
+    x = ops.reshape(x, (-1, first.groups, first.group_in))
+    x = ops.transpose(x, (1, 0, 2))
+    for i, (kernel, stage) in enumerate(zip(kernels, stages)):
+        x = ops.matmul(x, kernel)  # (groups, M, group_out)
+        if i + 1 < len(stages):
+            a_next = stages[i + 1].group_in
+            # Channel j*G + g*a' + d becomes group j*(G/a') + g, member d.
+            x = ops.reshape(x, (stage.groups // a_next, a_next, -1, stage.group_out))
+            x = ops.transpose(x, (3, 0, 2, 1))
+            x = ops.reshape(x, (stages[i + 1].groups, -1, a_next))
+    last = stages[-1]
+    x = ops.transpose(x, (1, 2, 0))
+    return ops.reshape(x, (-1, last.out_channels))
+
+
+def _stages_channels_last(x, kernels, stages, multiply_sum):
+    for kernel, stage in zip(kernels, stages):
+        x = ops.reshape(x, (-1, stage.groups, stage.group_in))
+        if multiply_sum:
+            x = ops.sum(ops.expand_dims(x, -1) * kernel, axis=-2)
+        else:
+            x = ops.einsum("mga,gab->mgb", x, kernel)
+        x = ops.transpose(x, (0, 2, 1))
+        x = ops.reshape(x, (-1, stage.out_channels))
+    return x
+
+
+def dense_from_kernels(kernels, plan, residual=False, dtype=None):
+    """The `(in, out)` dense matrix as a tensor, by pushing the identity through the stages."""
+    eye = ops.eye(plan.padded_in, dtype=dtype or kernels[0].dtype)
+    matrix = _stages_group_major(eye, kernels, plan.stages)[: plan.in_channels]
+    matrix = matrix[:, : plan.out_channels]
+    if residual:
+        matrix = matrix + ops.eye(plan.in_channels, plan.out_channels, dtype=matrix.dtype)
+    return matrix
+
+
+def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"):
+    """Applies the butterfly transform of `plan` to the last axis of `x`.
+
+    Args:
+        x: tensor of shape `(..., plan.in_channels)`.
+        kernels: one tensor per stage, of shape `stage.kernel_shape`.
+        plan: a `ButterflyPlan`.
+        residual: add the input (identity on the first min(in, out) channels).
+        lowering: one of `LOWERINGS`.
+
+    Returns:
+        Tensor of shape `(..., plan.out_channels)`.
+    """
+    if lowering not in LOWERINGS:
+        raise ValueError(f"`lowering` must be one of {LOWERINGS}. Received: lowering={lowering!r}")
+    matrix, lead = _channels_to_matrix(x)
+    if lowering == "dense":
+        y = ops.matmul(matrix, dense_from_kernels(kernels, plan, residual, matrix.dtype))
+        return ops.reshape(y, (*lead, plan.out_channels))
+    y = _pad_channels(matrix, plan.padded_in)
+    if lowering == "group_major":
+        y = _stages_group_major(y, kernels, plan.stages)
+    else:
+        y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
+    if plan.padded_out != plan.out_channels:
+        y = y[:, : plan.out_channels]
+    if residual:
+        if plan.in_channels > plan.out_channels:
+            y = y + matrix[:, : plan.out_channels]
+        else:
+            y = y + _pad_channels(matrix, plan.out_channels)
+    return ops.reshape(y, (*lead, plan.out_channels))

@@ -1,0 +1,217 @@
+"""Butterfly stage plans: which groups each stage mixes. Pure Python, no Keras.
+
+A plan is a chain of *stages*. Stage `s` sees `s.groups * s.group_in` channels,
+splits them into `s.groups` contiguous groups of `s.group_in`, maps each group
+through its own dense `(group_in, group_out)` block, and then applies the
+perfect shuffle: the `(groups, group_out)` channel grid is transposed to
+`(group_out, groups)`. With square stages of radices `r_1..r_L` (product `n`),
+stage `l` mixes digit `l` of the mixed-radix channel index, so after `L` stages
+every output depends on every input (the paper's full connectivity) while one
+stage costs `n * r_l` MACs per position.
+
+In != out: the transform is a square butterfly on `min(in, out)` channels whose
+first stage (when `in > out`) takes `in / groups` inputs per group, or whose last
+stage (when `in < out`) emits `out / groups` outputs per group. Cost then follows
+`min(in, out)` instead of the paper's `ceil(out / in)` separate square
+transforms. Channel counts that do not factor well are zero-padded on the input
+and cropped on the output (`padded_in`, `padded_out`): exact, and the waste is
+reported by `ButterflyPlan.padding`.
+
+Adjacent square stages compose into one block-diagonal stage (`merge`): the
+same function with fewer passes, which is what exporters want.
+"""
+
+import dataclasses
+import functools
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One butterfly stage: `groups` dense blocks of `(group_in, group_out)`."""
+
+    groups: int
+    group_in: int
+    group_out: int
+
+    @property
+    def in_channels(self):
+        return self.groups * self.group_in
+
+    @property
+    def out_channels(self):
+        return self.groups * self.group_out
+
+    @property
+    def kernel_shape(self):
+        return (self.groups, self.group_in, self.group_out)
+
+    @property
+    def macs(self):
+        """Multiply-accumulates per position (= number of weights)."""
+        return self.groups * self.group_in * self.group_out
+
+
+@dataclasses.dataclass(frozen=True)
+class ButterflyPlan:
+    """A butterfly transform from `in_channels` to `out_channels`.
+
+    `padded_in >= in_channels` is what the first stage reads (zero-padded
+    input), `padded_out >= out_channels` what the last stage writes (cropped).
+    """
+
+    in_channels: int
+    out_channels: int
+    stages: tuple
+
+    @property
+    def padded_in(self):
+        return self.stages[0].in_channels
+
+    @property
+    def padded_out(self):
+        return self.stages[-1].out_channels
+
+    @property
+    def num_stages(self):
+        return len(self.stages)
+
+    @property
+    def radices(self):
+        """Square radix of each stage (the block size on the min(in, out) side)."""
+        return tuple(min(s.group_in, s.group_out) for s in self.stages)
+
+    @property
+    def macs(self):
+        """Multiply-accumulates per position of all stages (residual/bias not counted)."""
+        return sum(s.macs for s in self.stages)
+
+    @property
+    def padding(self):
+        """(input channels of zeros, output channels cropped)."""
+        return (
+            self.padded_in - self.in_channels,
+            self.padded_out - self.out_channels,
+        )
+
+    def merge(self, segments):
+        """Composes consecutive stages into one stage each.
+
+        `segments` lists how many stages each merged stage takes, e.g. `(2, 3)`
+        for a five-stage plan. A merged stage of stages `l..l+j` has blocks of
+        `r_l * ... * r_{l+j}`; see `oracle.merge_kernels` for its weights.
+        """
+        segments = tuple(int(s) for s in segments)
+        if sum(segments) != self.num_stages or min(segments, default=0) < 1:
+            raise ValueError(
+                "`segments` must be positive and sum to the number of stages "
+                f"({self.num_stages}). Received: segments={segments}"
+            )
+        merged, start = [], 0
+        for count in segments:
+            part = self.stages[start : start + count]
+            start += count
+            group_in = functools.reduce(
+                lambda acc, s: acc * s.group_in, part, 1
+            )
+            group_out = functools.reduce(
+                lambda acc, s: acc * s.group_out, part, 1
+            )
+            groups = part[0].in_channels // group_in
+            merged.append(Stage(groups, group_in, group_out))
+        return ButterflyPlan(self.in_channels, self.out_channels, tuple(merged))
+
+
+def _factorizations(n, count, max_factor):
+    """All non-increasing tuples of `count` factors in [2, max_factor] with product n."""
+
+    @functools.lru_cache(maxsize=None)
+    def rec(rest, slots, cap):
+        if slots == 0:
+            return ((),) if rest == 1 else ()
+        out = []
+        for f in range(min(cap, rest), 1, -1):
+            if rest % f == 0:
+                out.extend((f,) + tail for tail in rec(rest // f, slots - 1, f))
+        return tuple(out)
+
+    return rec(n, count, max_factor)
+
+
+def auto_radices(n, butterfly_k=4, num_stages=None):
+    """Picks radices for an `n`-channel square butterfly.
+
+    The number of stages is `ceil(log_k(n))` (or `num_stages`). Among channel
+    counts `n' >= n` that split into that many radices of at most `2k`, it takes
+    the one with the fewest MACs `n' * sum(radices)`, so e.g. 96 channels with
+    k=4 give `(4, 4, 3, 2)` and 58 channels give `(5, 4, 3)` over 60 padded
+    channels. Returns `(radices, n')`.
+    """
+    if num_stages is None:
+        num_stages = max(1, math.ceil(math.log(n) / math.log(butterfly_k) - 1e-9))
+        k = butterfly_k
+    else:
+        k = max(2, math.ceil(n ** (1.0 / num_stages) - 1e-9))
+    if num_stages == 1 or n == 1:
+        return (n,), n
+    best = None
+    # k**L always factors into L radices of k, so the search ends there.
+    for padded in range(n, k**num_stages + 1):
+        if best is not None and padded * num_stages * 2 > best[0]:
+            break  # n' * sum(r) >= n' * 2L already exceeds the best cost
+        for radices in _factorizations(padded, num_stages, 2 * k):
+            cost = padded * sum(radices)
+            if best is None or cost < best[0]:
+                best = (cost, radices, padded)
+    return best[1], best[2]
+
+
+def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None):
+    """Builds the plan of a butterfly transform from `in_channels` to `out_channels`.
+
+    Args:
+        in_channels: input channels (>= 1).
+        out_channels: output channels (>= 1).
+        butterfly_k: target radix; the stage count is `ceil(log_k(min(in, out)))`.
+        radices: explicit radices, product equal to `min(in_channels,
+            out_channels)`; overrides `butterfly_k`.
+        num_stages: explicit number of stages; overrides `butterfly_k`.
+
+    Returns:
+        A `ButterflyPlan`.
+    """
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    core = min(in_channels, out_channels)
+    if radices is not None:
+        radices = tuple(int(r) for r in radices)
+        if not radices or min(radices) < 1 or math.prod(radices) != core:
+            raise ValueError(
+                "The product of `radices` must equal min(input channels, filters) "
+                f"= {core}. Received: radices={list(radices)} (product "
+                f"{math.prod(radices) if radices else 0})"
+            )
+        padded = core
+    else:
+        if not isinstance(butterfly_k, int) or butterfly_k < 2:
+            raise ValueError(
+                f"`butterfly_k` must be an integer >= 2. Received: butterfly_k={butterfly_k!r}"
+            )
+        if num_stages is not None and (not isinstance(num_stages, int) or num_stages < 1):
+            raise ValueError(
+                f"`num_stages` must be a positive integer. Received: num_stages={num_stages!r}"
+            )
+        radices, padded = auto_radices(core, butterfly_k, num_stages)
+        # The rectangular stage costs max(in, out) * its radix: give it the smallest.
+        radices = tuple(sorted(radices, reverse=in_channels < out_channels))
+    stages = [Stage(padded // r, r, r) for r in radices]
+    if in_channels > out_channels:
+        first = stages[0]
+        group_in = -(-in_channels // first.groups)
+        stages[0] = Stage(first.groups, group_in, first.group_out)
+    elif in_channels < out_channels:
+        last = stages[-1]
+        group_out = -(-out_channels // last.groups)
+        stages[-1] = Stage(last.groups, last.group_in, group_out)
+    return ButterflyPlan(in_channels, out_channels, tuple(stages))
