@@ -122,7 +122,7 @@ def test_fuse_head_false_keeps_the_head_dense():
 
 @pytest.mark.parametrize(
     "width, params",
-    # ShuffleNetV2 paper, table 8: 1.4M / 2.3M / 3.5M / 7.4M parameters.
+    # ShuffleNetV2 paper: 1.4M / 2.3M / 3.5M / 7.4M parameters.
     [(0.5, 1.4), (1.0, 2.3), (1.5, 3.5), (2.0, 7.4)],
 )
 def test_shufflenet_v2_matches_the_paper_table(width, params):

@@ -75,10 +75,10 @@ def _millions(model):
 @pytest.mark.parametrize(
     "builder, kwargs, published",
     [
-        # MobileNetV1 paper, table 6/7: 569M at 1.0@224, 14M at 0.25@128.
+        # MobileNetV1 paper: 569M at 1.0@224; TF-slim's MobileNetV1 table: 14M at 0.25@128.
         (applications.MobileNetV1BFT, dict(width=1.0, input_shape=(224, 224, 3)), 569),
         (applications.MobileNetV1BFT, dict(width=0.25, input_shape=(128, 128, 3)), 14),
-        # MobileNetV2 paper, table 4: 300M.
+        # MobileNetV2 paper: 300M.
         (applications.MobileNetV2BFT, dict(width=1.0, input_shape=(224, 224, 3)), 300),
         # keras.applications' / TF-slim's MobileNetV3 table: Large 217M (paper: 219M),
         # Large 0.75 155M, Large minimalistic 209M; V3 paper: Small 56M.
@@ -90,7 +90,7 @@ def _millions(model):
             209,
         ),
         (applications.MobileNetV3SmallBFT, dict(width=1.0, input_shape=(224, 224, 3)), 56),
-        # ShuffleNetV2 paper, table 8 / the authors' code: 41M / 146M / 299M / 591M.
+        # ShuffleNetV2 paper and the authors' code: 41M / 146M / 299M / 591M.
         (applications.ShuffleNetV2BFT, dict(width=0.5), 41),
         (applications.ShuffleNetV2BFT, dict(width=1.0), 146),
         (applications.ShuffleNetV2BFT, dict(width=1.5), 299),
