@@ -72,21 +72,22 @@ def test_pointwise_twin_is_keras_applications(builder, reference, width):
 @pytest.mark.parametrize(
     "builder, reference, kwargs",
     [
-        (applications.MobileNetV1BFT, keras.applications.MobileNet, dict(depth_multiplier=2)),
-        (applications.MobileNetV2BFT, keras.applications.MobileNetV2, {}),
-        (applications.MobileNetV3SmallBFT, keras.applications.MobileNetV3Small, dict(minimalistic=True)),
-        (applications.MobileNetV3LargeBFT, keras.applications.MobileNetV3Large, dict(include_preprocessing=False)),
+        (applications.MobileNetV1BFT, keras.applications.MobileNet, dict(depth_multiplier=2, pooling=None)),
+        (applications.MobileNetV2BFT, keras.applications.MobileNetV2, dict(pooling="max")),
+        (applications.MobileNetV3SmallBFT, keras.applications.MobileNetV3Small, dict(minimalistic=True, pooling="avg")),
+        (
+            applications.MobileNetV3LargeBFT,
+            keras.applications.MobileNetV3Large,
+            dict(include_preprocessing=False, pooling=None),
+        ),
     ],
 )
 def test_pointwise_twin_without_top(builder, reference, kwargs):
-    for pooling in (None, "avg"):
-        ours = builder(input_shape=(96, 128, 3), include_top=False, pooling=pooling, fusion="pointwise", **kwargs)
-        keras_model = reference(
-            input_shape=(96, 128, 3), include_top=False, pooling=pooling, weights=None, **kwargs
-        )
-        assert ours.count_params() == keras_model.count_params()
-        assert ours.output_shape == keras_model.output_shape
-        assert weight_shapes(ours) == weight_shapes(keras_model)
+    ours = builder(input_shape=(96, 128, 3), include_top=False, fusion="pointwise", **kwargs)
+    keras_model = reference(input_shape=(96, 128, 3), include_top=False, weights=None, **kwargs)
+    assert ours.count_params() == keras_model.count_params()
+    assert ours.output_shape == keras_model.output_shape
+    assert weight_shapes(ours) == weight_shapes(keras_model)
 
 
 # The dense 1x1 convs the butterfly twins keep (docs/applications.md).
@@ -96,8 +97,8 @@ def _kept_dense(name):
 
 @pytest.mark.parametrize("family", sorted(SMALL))
 def test_every_body_1x1_becomes_a_butterfly(family):
-    pointwise = small_model(family, "pointwise", size=64)
-    butterfly = small_model(family, "butterfly", size=64)
+    pointwise = small_model(family, "pointwise")
+    butterfly = small_model(family, "butterfly")
     one_by_one = {
         layer.name
         for layer in pointwise.layers
@@ -212,10 +213,10 @@ def test_input_tensor_and_weights_file(tmp_path):
 
 @pytest.mark.parametrize("family", sorted(SMALL))
 def test_butterflies_equal_their_dense_oracle_inside_the_model(family):
-    model = small_model(family, size=64)
+    model = small_model(family)
     fused = [layer for layer in model.layers if isinstance(layer, ButterflyFusion)]
-    probe = keras.Model(model.inputs, [layer.input for layer in fused])
-    x, _ = random_batch(64, batch=2)
+    probe = keras.Model(model.input, [layer.input for layer in fused])
+    x, _ = random_batch(batch=2)
     for layer, layer_input in zip(fused, probe(x, training=False)):
         layer_input = keras.ops.convert_to_numpy(layer_input)
         got = keras.ops.convert_to_numpy(layer(layer_input))

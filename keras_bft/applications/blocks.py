@@ -213,7 +213,8 @@ def image_input(input_shape, input_tensor, default_size, min_size=32):
             f"Received: input_shape={input_shape!r}"
         )
     if input_tensor is not None:
-        return input_tensor, keras.utils.get_source_inputs(input_tensor), rows
+        sources = keras.utils.get_source_inputs(input_tensor)
+        return input_tensor, sources[0] if len(sources) == 1 else sources, rows
     tensor = layers.Input(shape=input_shape)
     return tensor, tensor, rows
 
