@@ -1,11 +1,13 @@
 """`keras-bft convert` and `keras-bft benchmark`."""
 
 import argparse
+import importlib
 import os
 import sys
 import zipfile
 
-from keras_bft.tflite import convert as convert_lib
+# `keras_bft.tflite.convert` etc. are the functions; these are their modules.
+convert_lib = importlib.import_module("keras_bft.tflite.convert")
 
 
 def _threads(text):
@@ -84,7 +86,7 @@ def _load_keras(path):
 
 
 def run_convert(args):
-    from keras_bft.tflite import verify as verify_lib
+    verify_lib = importlib.import_module("keras_bft.tflite.verify")
 
     if os.path.exists(args.output) and not args.force:
         return _error(f"{args.output!r} exists; pass --force to overwrite it.")
@@ -124,7 +126,7 @@ def run_convert(args):
 
 
 def run_benchmark(args):
-    from keras_bft.tflite import benchmark as benchmark_lib
+    benchmark_lib = importlib.import_module("keras_bft.tflite.benchmark")
 
     for path in (args.json, args.markdown):
         if path and os.path.exists(path) and not args.force:
