@@ -77,7 +77,7 @@ class ButterflyFusion(keras.layers.Layer):
 
     >>> x = np.random.rand(2, 8, 8, 64).astype("float32")
     >>> layer = ButterflyFusion(128, butterfly_k=8)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (2, 8, 8, 128)
     >>> y = x @ layer.dense_kernel()
     >>> bool(np.allclose(layer(x), y, atol=1e-4))
