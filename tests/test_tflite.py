@@ -160,3 +160,19 @@ def test_mobilenet_v3_small_int8_fully_delegated(fusion):
     assert "HARD_SWISH" not in graph.op_histogram(blob)
     report = tflite.verify(blob, model, data[:4], quantization="int8")
     assert report.passed and report.fully_delegated
+
+
+@pytest.mark.parametrize("split", [None, 3])
+def test_channel_split_is_rewritten_without_split_v(split):
+    from keras_bft.applications.layers import ChannelSplit
+
+    inputs = keras.Input((6, 6, 8))
+    left, right = ChannelSplit(split=split)(keras.layers.Conv2D(8, 1)(inputs))
+    outputs = keras.layers.Concatenate()([ButterflyFusion(left.shape[-1])(left), right * 2.0])
+    model = keras.Model(inputs, outputs)
+    data = _data(model, 8)
+    for quantization in ("float32", "int8"):
+        blob = tflite.convert(model, quantization, representative_data=data)
+        assert "SPLIT_V" not in graph.op_histogram(blob)  # XNNPACK has no SPLIT_V
+        report = tflite.verify(blob, model, data[:4], quantization=quantization)
+        assert report.passed and report.fully_delegated

@@ -1,4 +1,9 @@
-"""Exact export rewrites: each ButterflyFusion to its fastest lowering, int8-unfriendly activations to delegated ops.
+"""Exact export rewrites: each ButterflyFusion to its fastest lowering, undelegated ops to delegated ones.
+
+Besides the ButterflyFusion choice below: int8 hard-swish becomes `(x / 6) *
+relu6(x + 3)` and ShuffleNet's ChannelSplit (SPLIT_V) becomes SPLIT or strided
+slices, because LiteRT's XNNPACK delegate runs neither HARD_SWISH in int8 nor
+SPLIT_V.
 
 The choice per layer is made by a small latency model of LiteRT's XNNPACK CPU
 kernels (`CostModel`), whose coefficients were measured with
@@ -267,6 +272,53 @@ class HardSwishAsProduct(keras.layers.Layer):
         return (inputs * (1.0 / 6.0)) * ops.relu6(inputs + 3.0)
 
 
+@keras.saving.register_keras_serializable(package="keras_bft")
+class SplitAsBuiltin(keras.layers.Layer):
+    """A two-way channel split without SPLIT_V, which LiteRT's XNNPACK delegate lacks.
+
+    Equal halves become one SPLIT, other sizes two strided slices; both are
+    delegated (fp32 and int8, checked by the tests).
+
+    Args:
+        axis: the channel axis.
+        first: channels in the first part.
+    """
+
+    def __init__(self, axis, first, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.first = int(first)
+
+    def call(self, inputs):
+        axis = self.axis % len(inputs.shape)
+        channels = inputs.shape[axis]
+        if 2 * self.first == channels:
+            return list(ops.split(inputs, 2, axis=axis))
+        starts = [0] * len(inputs.shape)
+        sizes = list(inputs.shape)
+        sizes[0] = -1 if sizes[0] is None else sizes[0]
+        left_sizes, right_sizes, right_starts = list(sizes), list(sizes), list(starts)
+        left_sizes[axis] = self.first
+        right_sizes[axis] = channels - self.first
+        right_starts[axis] = self.first
+        return [ops.slice(inputs, starts, left_sizes), ops.slice(inputs, right_starts, right_sizes)]
+
+    def compute_output_shape(self, input_shape):
+        axis = self.axis % len(input_shape)
+        left, right = list(input_shape), list(input_shape)
+        left[axis], right[axis] = self.first, input_shape[axis] - self.first
+        return [tuple(left), tuple(right)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"axis": self.axis, "first": self.first})
+        return config
+
+
+def _is_channel_split(layer):
+    return type(layer).__name__ == "ChannelSplit" and hasattr(layer, "_sizes")
+
+
 def _is_hard_swish(layer):
     if type(layer) is not keras.layers.Activation:
         return False
@@ -376,6 +428,10 @@ def prepare_for_export(model, quantization, shapes, cost_model=None):
             decisions.append(decision)
             changed.append(layer.name)
             return new
+        if _is_channel_split(layer):
+            axis, first, _ = layer._sizes(tuple(layer.input.shape))
+            changed.append(layer.name)
+            return SplitAsBuiltin(axis, first, name=layer.name)
         if quantization == "int8" and _is_hard_swish(layer):
             changed.append(layer.name)
             return HardSwishAsProduct(name=layer.name)
