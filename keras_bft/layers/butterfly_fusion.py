@@ -47,9 +47,10 @@ class ButterflyFusion(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`, for inputs of rank
             >= 3; defaults to `keras.config.image_data_format()`. Rank-2 inputs
             always mix their last axis.
-        lowering: how the stages run: `"auto"` (the fastest measured on the
-            backend), `"group_major"`, `"shuffle"`, `"multiply_sum"` or
-            `"dense"` (a dense fold). All compute the same function.
+        lowering: how the stages run: `"auto"` (the best measured, today
+            `"group_major"` on every backend), `"group_major"`, `"shuffle"`, `"multiply_sum"` or `"dense"` (a
+            dense fold). All compute the same function; see
+            `keras_bft.ops.lowering`.
         merge_stages: optional stage counts to compose into single block stages
             at run time, e.g. `(2, 3)` for five stages: the same function with
             fewer passes (what exporters use). Default: run each stage.
@@ -75,7 +76,7 @@ class ButterflyFusion(keras.layers.Layer):
 
     >>> x = np.random.rand(2, 8, 8, 64).astype("float32")
     >>> layer = ButterflyFusion(128, butterfly_k=8)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (2, 8, 8, 128)
     >>> y = x @ layer.dense_kernel()
     >>> bool(np.allclose(layer(x), y, atol=1e-4))
@@ -221,7 +222,7 @@ class ButterflyFusion(keras.layers.Layer):
         if self.merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.merge_stages)
         lowering = (
-            lowering_lib.default_lowering() if self.lowering == "auto" else self.lowering
+            lowering_lib.default_lowering(plan) if self.lowering == "auto" else self.lowering
         )
         outputs = lowering_lib.butterfly_transform(inputs, kernels, plan, self.residual, lowering)
         if self.bias is not None:
