@@ -59,6 +59,12 @@ def build_parser():
     parser.add_argument("--threads", type=_csv(int), default=[1, 2], help="LiteRT thread counts")
     parser.add_argument("--rounds", type=int, default=20, help="timed calls per runner")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--converter",
+        choices=("keras_bft", "plain"),
+        default="keras_bft",
+        help="keras_bft.tflite.convert (exporter rewrites) or plain TFLiteConverter",
+    )
     parser.add_argument("--no-tf", action="store_true", help="skip TF latency")
     parser.add_argument("--no-litert", action="store_true", help="skip LiteRT latency")
     parser.add_argument("--output", help="also write the table (with date, machine, command) here")
@@ -92,13 +98,16 @@ def _configs(args):
     return list(dict.fromkeys(configs))
 
 
-def _to_litert(model):
-    """fp32 flatbuffer bytes: keras_bft.tflite.convert when present, else TFLiteConverter."""
-    try:
+def _to_litert(model, converter):
+    """fp32 flatbuffer bytes.
+
+    `"keras_bft"`: `keras_bft.tflite.convert` (each butterfly rewritten to its
+    fastest exact lowering); `"plain"`: `TFLiteConverter.from_keras_model` on
+    the model as built (the stages as trained).
+    """
+    if converter == "keras_bft":
         from keras_bft import tflite
-    except ImportError:
-        tflite = None
-    if tflite is not None and hasattr(tflite, "convert"):
+
         return tflite.convert(model, quantization="float32")
     import tensorflow as tf
 
@@ -164,7 +173,7 @@ def run(args):
         if not args.no_tf:
             runners[(config, "tf")] = _tf_runner(model, x)
         if not args.no_litert:
-            flatbuffer = _to_litert(model)
+            flatbuffer = _to_litert(model, args.converter)
             rows[config]["tflite_mb"] = len(flatbuffer) / 2**20
             for threads in args.threads:
                 runners[(config, f"litert{threads}")] = _litert_runner(flatbuffer, threads, x)
@@ -252,7 +261,8 @@ def main(argv=None):
             "(shared with other jobs: absolute times are noisy; ratios come from one interleaved run)\n"
             f"- software: TF {tf.__version__}, Keras {keras.__version__}\n"
             f"- command: `PYTHONPATH=. python benchmarks/models.py {' '.join(argv or sys.argv[1:])}`\n"
-            f"- batch 1, medians of {args.rounds} interleaved calls; wall time {time.time() - start:.0f} s\n\n"
+            f"- LiteRT fp32 via {'keras_bft.tflite.convert' if args.converter == 'keras_bft' else 'TFLiteConverter.from_keras_model'}; "
+            f"batch 1, medians of {args.rounds} interleaved calls; wall time {time.time() - start:.0f} s\n\n"
         )
         _write_atomic(args.output, header + table + "\n", args.overwrite)
     return 0
