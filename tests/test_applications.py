@@ -257,6 +257,7 @@ else:
 
 @pytest.mark.parametrize("family, fusion, mode", TRAIN_CASES)
 def test_training_reduces_the_loss(family, fusion, mode):
+    keras.utils.set_random_seed(0)  # same init and dropout masks on every run
     policy = keras.config.dtype_policy()
     try:
         if mode == "mixed_float16":
