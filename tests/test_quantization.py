@@ -545,3 +545,19 @@ def test_no_tfmot_import():
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root.parent)
+
+
+def test_keras_bft_tflite_convert_without_representative_data(trained):
+    from keras_bft import tflite
+
+    _, qat, _ = trained
+    x, _ = _data(8, seed=11)
+    for io_type in ("float32", "int8"):
+        blob = tflite.convert(qat, "int8", io_type=io_type)
+        interpreter = Interpreter(model_content=blob)
+        types = {d["dtype"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
+        assert types == {np.float32 if io_type == "float32" else np.int8}
+    report = tflite.verify(tflite.convert(qat, "int8"), qat, x, quantization="int8")
+    assert report.fully_delegated, report
+    assert report.top1_agreement >= 0.9, report
+    assert set(report.op_histogram) >= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "TRANSPOSE"}

@@ -381,7 +381,11 @@ class QuantizedLinear(_QuantizedBase):
         x = inputs if len(inputs.shape) == 4 else ops.reshape(inputs, (-1, 1, 1, in_channels))
         residual_source = x
         if plan.padded_in > in_channels:
-            x = ops.pad(x, ((0, 0), (0, 0), (0, 0), (0, plan.padded_in - in_channels)))
+            # Padded as a matrix: a Pad feeding the Conv2D directly is fused by
+            # TF's CPU graph optimizer into a (wrong) spatially padded conv.
+            height, width = x.shape[1], x.shape[2]
+            x = ops.pad(ops.reshape(x, (-1, in_channels)), ((0, 0), (0, plan.padded_in - in_channels)))
+            x = ops.reshape(x, (-1, height, width, plan.padded_in))
         last = plan.num_stages - 1
         for i, (kernel, stage) in enumerate(zip(kernels, plan.stages)):
             groups, group_in, group_out = stage.kernel_shape
@@ -392,7 +396,7 @@ class QuantizedLinear(_QuantizedBase):
             )
             if i == last and scale is not None:
                 conv_kernel = conv_kernel * _stage_order(scale, stage, 1.0)
-            x = ops.conv(x, quantizers.quantize_weights(conv_kernel), padding="valid")
+            x = _grouped_conv_1x1(x, quantizers.quantize_weights(conv_kernel))
             if i == last:
                 if correction is not None:
                     x = x * _stage_order(correction, stage, 1.0)
@@ -446,6 +450,19 @@ def _stage_order(vector, stage, fill):
     if extra:
         vector = ops.concatenate([vector, ops.full((extra,), fill, dtype=vector.dtype)])
     return ops.reshape(ops.transpose(ops.reshape(vector, (group_out, groups))), (-1,))
+
+
+def _grouped_conv_1x1(x, kernel):
+    """Grouped 1x1 conv (groups = channels / kernel.shape[2]), NHWC."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # keras.ops.conv runs grouped convs on TF through a new XLA function
+        # per call (recompiled in every eager call, ~8x slower training steps
+        # here); TF's own grouped Conv2D is correct on CPU (the tests hold it
+        # to the NumPy stage oracle) and converts to grouped CONV_2D.
+        return tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+    return ops.conv(x, kernel, padding="valid")
 
 
 def _scale_channels(x, scale):

@@ -184,6 +184,8 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99):
         for tensor in node.input_tensors:
             consumers[id(tensor)].append(node)
     output_ids = {id(t) for t in outputs}
+    # Nodes of this graph only: cloning the model elsewhere adds nodes to its layers.
+    calls = collections.Counter(id(node.operation) for node in order)
 
     def sole_consumer(tensor):
         users = consumers[id(tensor)]
@@ -210,10 +212,10 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99):
         if node.is_input or id(node) in absorbed:
             continue
         layer = node.operation
-        if len(layer._inbound_nodes) > 1 and layer.weights:
+        if calls[id(layer)] > 1 and layer.weights:
             raise ValueError(
                 f"quantize_model does not support shared layers. Received: layer {layer.name!r} "
-                f"({type(layer).__name__}) called {len(layer._inbound_nodes)} times"
+                f"({type(layer).__name__}) called {calls[id(layer)]} times in the model"
             )
         args, kwargs = node.arguments.fill_in(tensor_map)
         end = node
