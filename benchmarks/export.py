@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_bft import ButterflyFusion
 from keras_bft import tflite
+from keras_bft.tflite import synthetic
 
 # name -> (description, target ratio at 1 thread, target at 2 threads)
 TARGETS = {
@@ -35,18 +36,6 @@ TARGETS = {
     "matched": ("matched FLOPs: MobileNetV1BFT 1.0@160 k=4 vs pointwise 0.25@224", None, None),
     "v1_raw": ("MobileNetV1BFT 1.0@224 k=4 converted without the rewrite vs pointwise twin", None, None),
 }
-
-
-def _randomize_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.1, 0.1, beta.shape),
-                 rng.uniform(-0.1, 0.1, mean.shape), rng.uniform(0.5, 1.5, var.shape)]
-            )
-    return model
 
 
 def _layer_pair():
@@ -128,7 +117,7 @@ def run_pair(pair, threads, runs, rounds, log):
     for model, opts in zip(models, options):
         opts = dict(opts)
         label = opts.pop("label", model.name)
-        _randomize_bn(model)
+        synthetic.randomize_batchnorm(model)
         data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
         start = time.time()
         blob, decisions = tflite.convert(

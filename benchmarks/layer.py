@@ -21,15 +21,20 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
 
 from keras_bft import ButterflyFusion  # noqa: E402
 from keras_bft.ops import LOWERINGS  # noqa: E402
 
 DEFAULT_SHAPES = "1x14x14x256,1x14x14x512,1x14x14x1024,1x7x7x1024,1x56x56x128,32x14x14x256"
-RUNTIMES = ("tf", "xla", "litert1", "litert2")
+RUNTIMES = ("tf", "xla", "litert1", "litert2", "jax")
 
 
 def _model(shape, layer):
@@ -80,7 +85,18 @@ def _litert_runner(model, x, threads):
     return run
 
 
+def _jax_runner(model, x):
+    import jax
+
+    values = [v.value for v in model.variables]
+    fn = jax.jit(lambda vs, t: model.stateless_call(vs, [], t, training=False)[0])
+    fn(values, x).block_until_ready()
+    return lambda: fn(values, x).block_until_ready()
+
+
 def _runner(runtime, model, x):
+    if runtime == "jax":
+        return _jax_runner(model, x)
     if runtime == "tf":
         return _tf_runner(model, x, jit=False)
     if runtime == "xla":
@@ -148,6 +164,7 @@ def main(argv=None):
     parser.add_argument("--lowerings", default="auto", help=f"'auto' or a subset of {LOWERINGS}")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json-rows", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     runtimes = args.runtimes.split(",")
@@ -155,10 +172,22 @@ def main(argv=None):
         if runtime not in RUNTIMES:
             parser.error(f"unknown runtime {runtime!r}; choose from {RUNTIMES}")
     lowerings = args.lowerings.split(",")
-    progress = keras.utils.Progbar(len(shapes) * len(runtimes) * args.rounds, unit_name="round")
+    if args.json_rows:  # child process on the JAX backend
+        rows = [r for shape in shapes for r in bench_shape(shape, runtimes, lowerings, args.rounds, args.iters)]
+        print("ROWS" + json.dumps(rows))
+        return rows
+    local = [r for r in runtimes if r != "jax"]
+    progress = keras.utils.Progbar(len(shapes) * len(local) * args.rounds, unit_name="round")
     rows = []
     for shape in shapes:
-        rows.extend(bench_shape(shape, runtimes, lowerings, args.rounds, args.iters, progress))
+        rows.extend(bench_shape(shape, local, lowerings, args.rounds, args.iters, progress))
+    if "jax" in runtimes:
+        # Keras picks one backend per process: JAX rows come from a child process.
+        cmd = [sys.executable, __file__, "--runtimes", "jax", "--json-rows", "--shapes", args.shapes,
+               "--lowerings", args.lowerings, "--rounds", str(args.rounds), "--iters", str(args.iters)]
+        out = subprocess.run(cmd, env=dict(os.environ, KERAS_BACKEND="jax"), capture_output=True,
+                             text=True, check=True).stdout
+        rows.extend(json.loads(out[out.index("ROWS") + 4 :]))
     print()
     print(
         f"{datetime.date.today()} | {platform.machine()} {os.cpu_count()} cores | TF {tf.__version__}, "

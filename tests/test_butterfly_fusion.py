@@ -268,3 +268,12 @@ def test_rank_below_two():
 def test_dense_kernel_before_build():
     with pytest.raises(ValueError, match="not built"):
         ButterflyFusion(8).dense_kernel()
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from keras_bft.layers import butterfly_fusion
+
+    result = doctest.testmod(butterfly_fusion, extraglobs={"np": np}, verbose=False)
+    assert result.attempted >= 4 and result.failed == 0

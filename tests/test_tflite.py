@@ -11,24 +11,9 @@ from keras_bft import ButterflyFusion
 from keras_bft import tflite
 from keras_bft.tflite import graph
 from keras_bft.tflite import rewrite
+from keras_bft.tflite import synthetic
 
 BUILTIN_OK = lambda name: not name.startswith(("CUSTOM", "FLEX", "BUILTIN_"))  # noqa: E731
-
-
-def _randomize_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                    rng.uniform(-0.2, 0.2, beta.shape).astype("float32"),
-                    rng.uniform(-0.2, 0.2, mean.shape).astype("float32"),
-                    rng.uniform(0.5, 1.5, var.shape).astype("float32"),
-                ]
-            )
-    return model
 
 
 def small_model(fusion="butterfly", channels=32, filters=64, size=8, head="logits", act="relu6", k=4):
@@ -45,7 +30,7 @@ def small_model(fusion="butterfly", channels=32, filters=64, size=8, head="logit
     x = keras.layers.Activation(act)(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(10, activation="softmax" if head == "softmax" else None)(x)
-    return _randomize_bn(keras.Model(inputs, x, name=f"small_{fusion}"))
+    return synthetic.randomize_batchnorm(keras.Model(inputs, x, name=f"small_{fusion}"))
 
 
 def _data(model, count=16, seed=0):
@@ -161,3 +146,33 @@ def test_verify_fails_loudly_or_warns():
     with pytest.warns(UserWarning, match="parity"):
         report = tflite.verify(blob, other, data, check_delegation=False, on_failure="warn")
     assert not report.passed and report.max_rel_error > 1e-4
+
+
+@pytest.mark.parametrize("fusion", ["butterfly", "pointwise"])
+def test_mobilenet_v3_small_int8_fully_delegated(fusion):
+    # Hard-swish, squeeze-excite and softmax in one real builder.
+    from keras_bft import applications
+
+    model = applications.MobileNetV3SmallBFT((64, 64, 3), fusion=fusion, classes=10, butterfly_k=4)
+    synthetic.randomize_batchnorm(model)
+    data = _data(model, 8)
+    blob = tflite.convert(model, "int8", representative_data=data)
+    assert "HARD_SWISH" not in graph.op_histogram(blob)
+    report = tflite.verify(blob, model, data[:4], quantization="int8")
+    assert report.passed and report.fully_delegated
+
+
+@pytest.mark.parametrize("split", [None, 3])
+def test_channel_split_is_rewritten_without_split_v(split):
+    from keras_bft.applications.layers import ChannelSplit
+
+    inputs = keras.Input((6, 6, 8))
+    left, right = ChannelSplit(split=split)(keras.layers.Conv2D(8, 1)(inputs))
+    outputs = keras.layers.Concatenate()([ButterflyFusion(left.shape[-1])(left), right * 2.0])
+    model = keras.Model(inputs, outputs)
+    data = _data(model, 8)
+    for quantization in ("float32", "int8"):
+        blob = tflite.convert(model, quantization, representative_data=data)
+        assert "SPLIT_V" not in graph.op_histogram(blob)  # XNNPACK has no SPLIT_V
+        report = tflite.verify(blob, model, data[:4], quantization=quantization)
+        assert report.passed and report.fully_delegated

@@ -47,9 +47,8 @@ class ButterflyFusion(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`, for inputs of rank
             >= 3; defaults to `keras.config.image_data_format()`. Rank-2 inputs
             always mix their last axis.
-        lowering: how the stages run: `"auto"` (`"group_major"`; on JAX,
-            inference with blocks <= 8 uses `"multiply_sum"`, which XLA fuses),
-            `"group_major"`, `"shuffle"`, `"multiply_sum"` or `"dense"` (a
+        lowering: how the stages run: `"auto"` (the best measured, today
+            `"group_major"` on every backend), `"group_major"`, `"shuffle"`, `"multiply_sum"` or `"dense"` (a
             dense fold). All compute the same function; see
             `keras_bft.ops.lowering`.
         merge_stages: optional stage counts to compose into single block stages
@@ -77,7 +76,7 @@ class ButterflyFusion(keras.layers.Layer):
 
     >>> x = np.random.rand(2, 8, 8, 64).astype("float32")
     >>> layer = ButterflyFusion(128, butterfly_k=8)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (2, 8, 8, 128)
     >>> y = x @ layer.dense_kernel()
     >>> bool(np.allclose(layer(x), y, atol=1e-4))
@@ -215,7 +214,7 @@ class ButterflyFusion(keras.layers.Layer):
         )
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={axis: int(channels)})
 
-    def call(self, inputs, training=None):
+    def call(self, inputs):
         channels_first = self._channel_axis(len(inputs.shape)) == 1
         if channels_first:
             inputs = ops.moveaxis(inputs, 1, -1)
@@ -223,8 +222,7 @@ class ButterflyFusion(keras.layers.Layer):
         if self.merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.merge_stages)
         lowering = (
-            lowering_lib.default_lowering(plan, training=bool(training))
-            if self.lowering == "auto" else self.lowering
+            lowering_lib.default_lowering(plan) if self.lowering == "auto" else self.lowering
         )
         outputs = lowering_lib.butterfly_transform(inputs, kernels, plan, self.residual, lowering)
         if self.bias is not None:

@@ -141,11 +141,12 @@ def _factorizations(n, count, max_factor):
 def auto_radices(n, butterfly_k=4, num_stages=None):
     """Picks radices for an `n`-channel square butterfly.
 
-    The number of stages is `ceil(log_k(n))` (or `num_stages`). Among channel
-    counts `n' >= n` that split into that many radices of at most `2k`, it takes
-    the one with the fewest MACs `n' * sum(radices)`, so e.g. 96 channels with
-    k=4 give `(4, 4, 3, 2)` and 58 channels give `(5, 4, 3)` over 60 padded
-    channels. Returns `(radices, n')`.
+    The number of stages is `ceil(log_k(n))` (or `num_stages`). It takes the
+    smallest channel count `n' >= n` that splits into that many radices of at
+    most `2k`, and of its splits the one with the fewest MACs `n' * sum(radices)`:
+    96 channels with k=4 give `(4, 4, 3, 2)`; 58 = 2 x 29 has no 3-stage split,
+    so it runs as `(5, 4, 3)` over 60 channels (2 zero-padded). Returns
+    `(radices, n')`.
     """
     if num_stages is None:
         num_stages = max(1, math.ceil(math.log(n) / math.log(butterfly_k) - 1e-9))
@@ -154,16 +155,14 @@ def auto_radices(n, butterfly_k=4, num_stages=None):
         k = max(2, math.ceil(n ** (1.0 / num_stages) - 1e-9))
     if num_stages == 1 or n == 1:
         return (n,), n
-    best = None
-    # k**L always factors into L radices of k, so the search ends there.
+    # Exact factorizations first: padding adds a pad and a slice op, and odd
+    # padded radices (19 x 27 for 512) vectorize worse than 16 x 32.
     for padded in range(n, k**num_stages + 1):
-        if best is not None and padded * num_stages * 2 > best[0]:
-            break  # n' * sum(r) >= n' * 2L already exceeds the best cost
-        for radices in _factorizations(padded, num_stages, 2 * k):
-            cost = padded * sum(radices)
-            if best is None or cost < best[0]:
-                best = (cost, radices, padded)
-    return best[1], best[2]
+        options = _factorizations(padded, num_stages, 2 * k)
+        if options:
+            radices = min(options, key=lambda r: (sum(r), r))
+            return radices, padded
+    raise AssertionError("unreachable: k**num_stages always factors")
 
 
 def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None):

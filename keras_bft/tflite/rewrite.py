@@ -1,4 +1,9 @@
-"""Exact export rewrites: each ButterflyFusion to its fastest lowering, int8-unfriendly activations to delegated ops.
+"""Exact export rewrites: each ButterflyFusion to its fastest lowering, undelegated ops to delegated ones.
+
+Besides the ButterflyFusion choice below: int8 hard-swish becomes `(x / 6) *
+relu6(x + 3)` and ShuffleNet's ChannelSplit (SPLIT_V) becomes SPLIT or strided
+slices, because LiteRT's XNNPACK delegate runs neither HARD_SWISH in int8 nor
+SPLIT_V.
 
 The choice per layer is made by a small latency model of LiteRT's XNNPACK CPU
 kernels (`CostModel`), whose coefficients were measured with
@@ -32,10 +37,11 @@ class CostModel:
     """Latency model of one ButterflyFusion lowering in LiteRT (XNNPACK, 1 thread), in microseconds.
 
     Attributes:
-        group_ns_per_mac: `((group_in, ns), ...)`: nanoseconds per
-            multiply-accumulate of a grouped 1x1 conv whose groups read
-            `group_in` channels (a dense conv is one group); interpolated in
-            log(group_in), clamped at the ends.
+        group_ns_per_mac: `((size, ns), ...)`: nanoseconds per
+            multiply-accumulate of a grouped 1x1 conv whose groups map `size`
+            channels to `size` (a dense conv is one group); interpolated in
+            log(size), clamped at the ends. Rectangular groups use
+            min(group_in, group_out), checked by benchmarks/layer_choices.py.
         shuffle_ns_per_value: reshape + transpose + reshape, per value.
         add_ns_per_value: the residual add, per value.
         op_us: fixed cost of one delegated op.
@@ -57,7 +63,8 @@ class CostModel:
     def stages_us(self, positions, plan, residual):
         total = 0.0
         for stage in plan.stages:
-            total += positions * stage.macs * self.ns_per_mac(stage.group_in) / 1e3
+            # A group with few inputs OR few outputs vectorizes badly: key on the smaller side.
+            total += positions * stage.macs * self.ns_per_mac(min(stage.group_in, stage.group_out)) / 1e3
             total += positions * stage.out_channels * self.shuffle_ns_per_value / 1e3
             total += 2 * self.op_us
         if residual:
@@ -120,19 +127,35 @@ class Decision:
     original_us: float
 
 
-def choose_lowering(layer, positions, quantization="int8", cost_model=None, allow_dense=True):
+def choose_lowering(
+    layer, positions, quantization="int8", cost_model=None, allow_dense=True, followed_by_bn=False
+):
     """Picks the cheapest exact lowering of a built `ButterflyFusion` for `positions` pixels.
+
+    Args:
+        layer: a built ButterflyFusion.
+        positions: pixels per example (batch included) of its input.
+        quantization: the export precision (picks the default cost model).
+        cost_model: optional `CostModel`.
+        allow_dense: whether a dense fold is a candidate.
+        followed_by_bn: a BatchNormalization consumes the output. TFLite folds
+            it into a dense fold's conv for free; after stages its scale stays
+            one elementwise MUL pass (the converter moves the shift into the
+            last conv's bias), charged to the staged candidates.
 
     Returns:
         A `Decision`.
     """
     cost_model = cost_model or default_cost_model(quantization)
     plan = layer.plan
-    original = cost_model.stages_us(positions, plan, layer.residual)
+    epilogue = 0.0
+    if followed_by_bn:
+        epilogue = positions * plan.out_channels * cost_model.add_ns_per_value / 1e3 + cost_model.op_us
+    original = cost_model.stages_us(positions, plan, layer.residual) + epilogue
     best = None
     for segments in _compositions(plan.num_stages):
         merged = plan.merge(segments)
-        cost = cost_model.stages_us(positions, merged, layer.residual)
+        cost = cost_model.stages_us(positions, merged, layer.residual) + epilogue
         if best is None or cost < best.predicted_us:
             best = Decision(
                 layer.name, "stages", "grouped_conv", segments, merged.radices, cost, original
@@ -249,6 +272,53 @@ class HardSwishAsProduct(keras.layers.Layer):
         return (inputs * (1.0 / 6.0)) * ops.relu6(inputs + 3.0)
 
 
+@keras.saving.register_keras_serializable(package="keras_bft")
+class SplitAsBuiltin(keras.layers.Layer):
+    """A two-way channel split without SPLIT_V, which LiteRT's XNNPACK delegate lacks.
+
+    Equal halves become one SPLIT, other sizes two strided slices; both are
+    delegated (fp32 and int8, checked by the tests).
+
+    Args:
+        axis: the channel axis.
+        first: channels in the first part.
+    """
+
+    def __init__(self, axis, first, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.first = int(first)
+
+    def call(self, inputs):
+        axis = self.axis % len(inputs.shape)
+        channels = inputs.shape[axis]
+        if 2 * self.first == channels:
+            return list(ops.split(inputs, 2, axis=axis))
+        starts = [0] * len(inputs.shape)
+        sizes = list(inputs.shape)
+        sizes[0] = -1 if sizes[0] is None else sizes[0]
+        left_sizes, right_sizes, right_starts = list(sizes), list(sizes), list(starts)
+        left_sizes[axis] = self.first
+        right_sizes[axis] = channels - self.first
+        right_starts[axis] = self.first
+        return [ops.slice(inputs, starts, left_sizes), ops.slice(inputs, right_starts, right_sizes)]
+
+    def compute_output_shape(self, input_shape):
+        axis = self.axis % len(input_shape)
+        left, right = list(input_shape), list(input_shape)
+        left[axis], right[axis] = self.first, input_shape[axis] - self.first
+        return [tuple(left), tuple(right)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"axis": self.axis, "first": self.first})
+        return config
+
+
+def _is_channel_split(layer):
+    return type(layer).__name__ == "ChannelSplit" and hasattr(layer, "_sizes")
+
+
 def _is_hard_swish(layer):
     if type(layer) is not keras.layers.Activation:
         return False
@@ -268,6 +338,13 @@ def _positions(layer, shapes):
     if any(d is None for d in spatial):
         return None, shape
     return batch * int(np.prod(spatial, dtype=np.int64)), shape
+
+
+def _followed_by_bn(layer):
+    consumers = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+    return bool(consumers) and all(
+        isinstance(c, keras.layers.BatchNormalization) for c in consumers
+    )
 
 
 def _dense_fold(layer, shape):
@@ -339,17 +416,22 @@ def prepare_for_export(model, quantization, shapes, cost_model=None):
             positions, shape = _positions(layer, shapes)
             if positions is None:
                 return layer
-            decision = choose_lowering(layer, positions, quantization, cost_model)
+            bn = _followed_by_bn(layer)
+            decision = choose_lowering(layer, positions, quantization, cost_model, True, bn)
             new = None
             if decision.kind == "dense":
                 new = _dense_fold(layer, (shapes[0][0], *shape[1:]))
             if new is None:
                 if decision.kind == "dense":
-                    decision = choose_lowering(layer, positions, quantization, cost_model, False)
+                    decision = choose_lowering(layer, positions, quantization, cost_model, False, bn)
                 new = staged_export_layer(layer, decision.merge_stages, decision.lowering)
             decisions.append(decision)
             changed.append(layer.name)
             return new
+        if _is_channel_split(layer):
+            axis, first, _ = layer._sizes(tuple(layer.input.shape))
+            changed.append(layer.name)
+            return SplitAsBuiltin(axis, first, name=layer.name)
         if quantization == "int8" and _is_hard_swish(layer):
             changed.append(layer.name)
             return HardSwishAsProduct(name=layer.name)
