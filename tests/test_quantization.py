@@ -561,3 +561,38 @@ def test_keras_bft_tflite_convert_without_representative_data(trained):
     assert report.fully_delegated, report
     assert report.top1_agreement >= 0.9, report
     assert set(report.op_histogram) >= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "TRANSPOSE"}
+
+
+def test_shufflenet_unit_split_and_shuffle_keep_their_input_grid():
+    """ChannelSplit / ChannelShuffle (keras_bft.applications) are same-scale: no range, int8 SPLIT/TRANSPOSE."""
+    from keras_bft.applications.layers import ChannelShuffle
+    from keras_bft.applications.layers import ChannelSplit
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((6, 6, 16))
+    left, right = ChannelSplit(name="split")(inputs)
+    right = keras_bft.ButterflyFusion(8, name="bf")(right)
+    right = keras.layers.BatchNormalization(name="bf_bn")(right)
+    right = keras.layers.ReLU(name="bf_relu")(right)
+    x = keras.layers.Concatenate(name="concat")([left, right])
+    outputs = ChannelShuffle(name="shuffle")(x)
+    model = keras.Model(inputs, outputs)
+    _randomize_batch_norms(model)
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 6, 6, 16)).astype("float32")
+    qat = quantize_model(model, calibration_data=x)
+    kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
+    assert kinds["split"] == "ChannelSplit" and kinds["shuffle"] == "ChannelShuffle"
+    assert not qat.get_layer("quant_bf").quantize_output  # the concatenation sets its range
+    want = model.predict(x, verbose=0)
+    got = qat.predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    content = _convert(qat)
+    interpreter, tensors = _int8_tensors(content)
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    assert {op["op_name"] for op in ops} >= {"CONCATENATION", "TRANSPOSE", "CONV_2D"}
+    for op in ops:
+        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
+            assert all(tensors[i]["dtype"] != np.float32 for i in op["outputs"]), op["op_name"]
+    diff = np.abs(_run_tflite(content, x) - got)
+    scale = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
+    assert diff.max() <= 2 * scale

@@ -5,6 +5,7 @@ import collections
 import keras
 import numpy as np
 
+from keras_bft.applications import layers as app_layers
 from keras_bft.quantization import layers as qlayers
 from keras_bft.quantization import quantizers
 
@@ -23,6 +24,8 @@ _SAME_SCALE_LAYERS = (
     keras.layers.Cropping1D,
     keras.layers.Cropping2D,
     keras.layers.UpSampling2D,
+    app_layers.ChannelSplit,  # SPLIT / SPLIT_V
+    app_layers.ChannelShuffle,  # RESHAPE + TRANSPOSE
     # Training-only noise: identities in inference (and in the TFLite model).
     keras.layers.Dropout,
     keras.layers.SpatialDropout1D,
