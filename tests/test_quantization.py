@@ -596,3 +596,33 @@ def test_shufflenet_unit_split_and_shuffle_keep_their_input_grid():
     diff = np.abs(_run_tflite(content, x) - got)
     scale = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
     assert diff.max() <= 2 * scale
+
+
+def test_hard_swish_hard_sigmoid_rescaling_convert_int8():
+    """MobileNetV3's activations run as their int8 TFLite ops (MUL, ADD+RELU6, MUL), each intermediate ranged."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((6, 6, 8))
+    x = keras.layers.Rescaling(0.5, offset=-1.0, name="rescale")(inputs)
+    y = keras.layers.Conv2D(16, 1, name="conv")(x)
+    y = keras.layers.Activation("hard_swish", name="hswish")(y)
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(y)
+    s = keras.layers.Conv2D(16, 1, name="se_conv")(s)
+    s = keras.layers.Activation("hard_sigmoid", name="hsig")(s)
+    outputs = keras.layers.Multiply(name="se_mul")([y, s])
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(2).uniform(0, 4, (16, 6, 6, 8)).astype("float32")
+    qat = quantize_model(model, calibration_data=x)
+    names = {v.path for v in qat.weights}
+    assert {"quant_hswish/scaled_min", "quant_hswish/gate_min", "quant_hsig/gate_min", "quant_rescale/scaled_min"} <= names
+    want = model.predict(x, verbose=0)
+    got = qat.predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    content = _convert(qat)
+    interpreter, tensors = _int8_tensors(content)
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    assert "HARD_SWISH" not in {op["op_name"] for op in ops}  # not delegated by XNNPACK in int8
+    for op in ops:
+        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
+            assert all(tensors[i]["dtype"] != np.float32 for i in op["outputs"]), op["op_name"]
+    lsb = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
+    assert np.abs(_run_tflite(content, x) - got).max() <= 2 * lsb

@@ -152,10 +152,34 @@ class QuantizedOp(_QuantizedBase):
 
     def build(self, input_shape):
         super().build(input_shape)
+        self._form = _decomposed_form(self.layer)
+        # Ops that TFLite runs as several int8 ops get a range per intermediate tensor.
+        if self._form in ("hard_swish", "rescaling"):
+            self.scaled_range = self._range("scaled")
+        if self._form in ("hard_swish", "hard_sigmoid"):
+            self.gate_range = self._range("gate")
         self.output_range = self._range("output", self.fixed_range)
 
+    def _decomposed(self, x, update):
+        calibrating = self._calibrating
+        if self._form == "rescaling":
+            scaled = self.scaled_range(x * float(self.layer.scale), update, calibrating)
+            return scaled + float(self.layer.offset)
+        # relu6(x + 3): one ADD with a fused RELU6.
+        gate = self.gate_range(ops.relu6(x + 3.0), update, calibrating)
+        if self._form == "hard_sigmoid":
+            return gate * (1.0 / 6.0)
+        # hard-swish as (x / 6) * relu6(x + 3): MUL, ADD (+RELU6), MUL, the form
+        # keras_bft.tflite exports (XNNPACK lacks int8 HARD_SWISH).
+        return self.scaled_range(x * (1.0 / 6.0), update, calibrating) * gate
+
     def call(self, inputs, training=None):
-        outputs = _apply_activation(self.layer(inputs), self.activation)
+        update = bool(training) or self._calibrating
+        if self._form is not None:
+            outputs = self._decomposed(inputs, update)
+        else:
+            outputs = self.layer(inputs)
+        outputs = _apply_activation(outputs, self.activation)
         if self.quantize_output:
             outputs = self.output_range(
                 outputs, bool(training) or self._calibrating, self._calibrating
@@ -441,6 +465,20 @@ class QuantizedLinear(_QuantizedBase):
             }
         )
         return config
+
+
+def _decomposed_form(layer):
+    """Layers whose int8 TFLite form is several ops: "hard_swish", "hard_sigmoid", "rescaling" or None."""
+    if isinstance(layer, keras.layers.Activation):
+        name = getattr(layer.activation, "__name__", "")
+        if name in ("hard_swish", "hard_silu"):
+            return "hard_swish"
+        if name == "hard_sigmoid":
+            return "hard_sigmoid"
+    if isinstance(layer, keras.layers.Rescaling):
+        if isinstance(layer.scale, (int, float)) and isinstance(layer.offset, (int, float)) and layer.offset:
+            return "rescaling"  # MUL then ADD
+    return None
 
 
 def _stage_order(vector, stage, fill):
