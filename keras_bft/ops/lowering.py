@@ -11,6 +11,10 @@ hold them to it); they differ in which ops and how many memory passes run:
 - `"multiply_sum"`: per stage a broadcast multiply and a sum over the group
   axis, then the shuffle. XLA fuses each stage into one loop, which wins for
   small radices there.
+- `"grouped_conv"`: per stage one grouped 1x1 convolution (groups = stage
+  groups) on a `(1, positions, 1, channels)` view, then the perfect-shuffle
+  transpose. TFLite turns it into CONV_2D, which XNNPACK runs in int8 too
+  (it does not take int8 BATCH_MATMUL), so this is the int8 export lowering.
 - `"dense"`: the dense matrix, built from the stage kernels (weight-side work,
   constant-folded by TFLite's converter), then one matmul. Only on request:
   this is a dense fold, O(n^2).
@@ -22,7 +26,7 @@ docs/benchmarks.md.
 import keras
 from keras import ops
 
-LOWERINGS = ("group_major", "shuffle", "multiply_sum", "dense")
+LOWERINGS = ("group_major", "shuffle", "multiply_sum", "dense", "grouped_conv")
 
 
 def default_lowering(backend=None):
@@ -101,6 +105,20 @@ def _stages_channels_last(x, kernels, stages, multiply_sum):
     return x
 
 
+def _stages_grouped_conv(x, kernels, stages):
+    x = ops.reshape(x, (1, -1, 1, stages[0].in_channels))
+    for kernel, stage in zip(kernels, stages):
+        # Conv kernel column g*b + j holds W[g, :, j]: group g's block.
+        conv_kernel = ops.reshape(
+            ops.transpose(kernel, (1, 0, 2)), (1, 1, stage.group_in, stage.out_channels)
+        )
+        x = ops.conv(x, conv_kernel)
+        x = ops.reshape(x, (-1, stage.groups, stage.group_out))
+        x = ops.transpose(x, (0, 2, 1))
+        x = ops.reshape(x, (1, -1, 1, stage.out_channels))
+    return ops.reshape(x, (-1, stages[-1].out_channels))
+
+
 def dense_from_kernels(kernels, plan, residual=False, dtype=None):
     """The `(in, out)` dense matrix as a tensor, by pushing the identity through the stages."""
     eye = ops.eye(plan.padded_in, dtype=dtype or kernels[0].dtype)
@@ -133,6 +151,8 @@ def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"
     y = _pad_channels(matrix, plan.padded_in)
     if lowering == "group_major":
         y = _stages_group_major(y, kernels, plan.stages)
+    elif lowering == "grouped_conv":
+        y = _stages_grouped_conv(y, kernels, plan.stages)
     else:
         y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
     if plan.padded_out != plan.out_channels:

@@ -1,0 +1,10 @@
+"""Export to LiteRT (.tflite): convert with builtin ops only, verify against Keras, benchmark."""
+
+from keras_bft.tflite.benchmark import benchmark
+from keras_bft.tflite.convert import QUANTIZATIONS
+from keras_bft.tflite.convert import convert
+from keras_bft.tflite.graph import op_histogram
+from keras_bft.tflite.rewrite import choose_lowering
+from keras_bft.tflite.rewrite import prepare_for_export
+from keras_bft.tflite.verify import fully_delegated
+from keras_bft.tflite.verify import verify

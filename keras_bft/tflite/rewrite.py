@@ -1,0 +1,245 @@
+"""Exact export rewrites: each ButterflyFusion to its fastest lowering, int8-unfriendly activations to delegated ops.
+
+The choice per layer is made by a small latency model of LiteRT's XNNPACK CPU
+kernels (`CostModel`), whose coefficients were measured with
+`benchmarks/calibrate_cost_model.py` (numbers in docs/benchmarks-tflite.md).
+Candidates, all the same function as the layer:
+
+- dense fold: one 1x1 `Conv2D` (`Dense` for rank-2 inputs) with the layer's
+  `dense_kernel()` (residual folded in); TFLite then also folds a following
+  BatchNormalization into it, exactly as for a pointwise conv;
+- stage merges: any split of the stages into consecutive runs, each run
+  composed into one block-diagonal stage (`ButterflyPlan.merge`), run with
+  the `"grouped_conv"` lowering (grouped 1x1 CONV_2D + shuffle; XNNPACK runs it
+  in int8 and float) or, for float, `"shuffle"` (BATCH_MATMUL + shuffle).
+"""
+
+import dataclasses
+import itertools
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_bft.layers.butterfly_fusion import ButterflyFusion
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """Latency model of one ButterflyFusion lowering in LiteRT (XNNPACK, 1 thread), in microseconds.
+
+    Attributes:
+        group_ns_per_mac: `((group_in, ns), ...)`: nanoseconds per
+            multiply-accumulate of a grouped 1x1 conv whose groups read
+            `group_in` channels (a dense conv is one group); interpolated in
+            log(group_in), clamped at the ends.
+        shuffle_ns_per_value: reshape + transpose + reshape, per value.
+        add_ns_per_value: the residual add, per value.
+        op_us: fixed cost of one delegated op.
+    """
+
+    group_ns_per_mac: tuple
+    shuffle_ns_per_value: float
+    add_ns_per_value: float
+    op_us: float
+
+    def ns_per_mac(self, group_in):
+        points = sorted(self.group_ns_per_mac)
+        xs = [math.log(g) for g, _ in points]
+        return float(np.interp(math.log(group_in), xs, [ns for _, ns in points]))
+
+    def dense_us(self, positions, in_channels, out_channels):
+        return (positions * in_channels * out_channels * self.ns_per_mac(in_channels)) / 1e3 + self.op_us
+
+    def stages_us(self, positions, plan, residual):
+        total = 0.0
+        for stage in plan.stages:
+            total += positions * stage.macs * self.ns_per_mac(stage.group_in) / 1e3
+            total += positions * stage.out_channels * self.shuffle_ns_per_value / 1e3
+            total += 2 * self.op_us
+        if residual:
+            total += positions * plan.out_channels * self.add_ns_per_value / 1e3 + self.op_us
+        if plan.padding != (0, 0):
+            total += 2 * self.op_us + positions * plan.padded_in * self.shuffle_ns_per_value / 1e3
+        return total
+
+
+# Measured by benchmarks/calibrate_cost_model.py on the 2-core AMD EPYC (AVX-512 VNNI) build
+# machine, LiteRT 2.3.0, 1 thread, 1x14x14xC tensors; see docs/benchmarks-tflite.md.
+INT8_COST_MODEL = CostModel(
+    group_ns_per_mac=((4, 0.25), (8, 0.12), (16, 0.06), (32, 0.03), (64, 0.02), (128, 0.015), (1024, 0.013)),
+    shuffle_ns_per_value=1.0,
+    add_ns_per_value=0.5,
+    op_us=2.0,
+)
+FLOAT_COST_MODEL = CostModel(
+    group_ns_per_mac=((4, 0.5), (8, 0.25), (16, 0.12), (32, 0.06), (64, 0.04), (128, 0.035), (1024, 0.03)),
+    shuffle_ns_per_value=2.0,
+    add_ns_per_value=1.0,
+    op_us=2.0,
+)
+
+
+def default_cost_model(quantization):
+    return INT8_COST_MODEL if quantization == "int8" else FLOAT_COST_MODEL
+
+
+def _compositions(count):
+    """Every split of `count` stages into consecutive runs, e.g. 3 -> (1,1,1), (1,2), (2,1), (3,)."""
+    for cuts in itertools.product((False, True), repeat=count - 1):
+        segments, run = [], 1
+        for cut in cuts:
+            if cut:
+                segments.append(run)
+                run = 1
+            else:
+                run += 1
+        segments.append(run)
+        yield tuple(segments)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """How one ButterflyFusion layer is exported."""
+
+    layer: str
+    kind: str  # "dense" or "stages"
+    lowering: str
+    merge_stages: tuple
+    radices: tuple
+    predicted_us: float
+    original_us: float
+
+
+def choose_lowering(layer, positions, quantization="int8", cost_model=None, allow_dense=True):
+    """Picks the cheapest exact lowering of a built `ButterflyFusion` for `positions` pixels.
+
+    Returns:
+        A `Decision`.
+    """
+    cost_model = cost_model or default_cost_model(quantization)
+    plan = layer.plan
+    original = cost_model.stages_us(positions, plan, layer.residual)
+    best = None
+    for segments in _compositions(plan.num_stages):
+        merged = plan.merge(segments)
+        cost = cost_model.stages_us(positions, merged, layer.residual)
+        if best is None or cost < best.predicted_us:
+            best = Decision(
+                layer.name, "stages", "grouped_conv", segments, merged.radices, cost, original
+            )
+    if allow_dense:
+        cost = cost_model.dense_us(positions, plan.in_channels, plan.out_channels)
+        if cost <= best.predicted_us:
+            best = Decision(
+                layer.name, "dense", "dense", (plan.num_stages,),
+                (min(plan.in_channels, plan.out_channels),), cost, original,
+            )
+    return best
+
+
+@keras.saving.register_keras_serializable(package="keras_bft")
+class HardSwishAsProduct(keras.layers.Layer):
+    """`x * hard_sigmoid(x)` with the sigmoid as a clipped affine map: hard-swish without HARD_SWISH.
+
+    LiteRT's XNNPACK delegate lacks int8 HARD_SWISH; the ADD (fused RELU6),
+    MUL ops this lowers to are delegated. Same function as `hard_swish`.
+    """
+
+    def call(self, inputs):
+        gate = ops.minimum(ops.maximum(inputs + 3.0, 0.0), 6.0)
+        return inputs * (gate * (1.0 / 6.0))
+
+
+def _is_hard_swish(layer):
+    if type(layer) is not keras.layers.Activation:
+        return False
+    return getattr(layer.activation, "__name__", "") in ("hard_swish", "hard_silu")
+
+
+def _positions(layer, shapes):
+    try:
+        shape = tuple(layer.input.shape)
+    except (AttributeError, ValueError):
+        shape = None
+    if shape is None:
+        return None, None
+    channel_axis = layer._channel_axis(len(shape))
+    spatial = [d for i, d in enumerate(shape[1:], start=1) if i != channel_axis % len(shape)]
+    batch = shapes[0][0]
+    if any(d is None for d in spatial):
+        return None, shape
+    return batch * int(np.prod(spatial, dtype=np.int64)), shape
+
+
+def _dense_fold(layer, shape):
+    kernel = layer.dense_kernel()
+    weights = [kernel]
+    if layer.use_bias:
+        weights.append(ops.convert_to_numpy(layer.bias))
+    common = dict(
+        use_bias=layer.use_bias,
+        activation=layer.activation,
+        name=layer.name,
+        dtype=layer.dtype_policy,
+    )
+    if len(shape) == 4 and layer.data_format == "channels_last":
+        new = keras.layers.Conv2D(layer.filters, 1, **common)
+        weights[0] = kernel.reshape(1, 1, *kernel.shape)
+    elif layer._channel_axis(len(shape)) == -1:
+        new = keras.layers.Dense(layer.filters, **common)
+    else:
+        return None
+    new.build(shape)
+    new.set_weights(weights)
+    return new
+
+
+def prepare_for_export(model, quantization, shapes, cost_model=None):
+    """A clone of `model` with every ButterflyFusion in its chosen lowering (weights copied).
+
+    Args:
+        model: a Keras model.
+        quantization: the target precision (`"int8"` picks the int8 cost model
+            and rewrites hard-swish).
+        shapes: the static input shapes of the export (batch first).
+        cost_model: optional `CostModel`.
+
+    Returns:
+        `(model, decisions)`: the clone (or `model` itself when nothing
+        changes) and one `Decision` per ButterflyFusion.
+    """
+    decisions = []
+    changed = []
+
+    def clone(layer):
+        if isinstance(layer, ButterflyFusion) and layer.plan is not None:
+            positions, shape = _positions(layer, shapes)
+            if positions is None:
+                return layer
+            decision = choose_lowering(layer, positions, quantization, cost_model)
+            new = None
+            if decision.kind == "dense":
+                new = _dense_fold(layer, (shapes[0][0], *shape[1:]))
+            if new is None:
+                if decision.kind == "dense":
+                    decision = choose_lowering(layer, positions, quantization, cost_model, False)
+                config = layer.get_config()
+                config["lowering"] = decision.lowering
+                config["merge_stages"] = list(decision.merge_stages)
+                new = ButterflyFusion.from_config(config)
+                new.build((shapes[0][0], *shape[1:]))
+                new.set_weights(layer.get_weights())
+            decisions.append(decision)
+            changed.append(layer.name)
+            return new
+        if quantization == "int8" and _is_hard_swish(layer):
+            changed.append(layer.name)
+            return HardSwishAsProduct(name=layer.name)
+        return layer
+
+    clone_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    if not changed:
+        return model, decisions
+    return clone_model, decisions
