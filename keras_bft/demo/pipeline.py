@@ -131,39 +131,14 @@ def count_macs(model):
 # LiteRT inference, for int8 accuracy on the whole test set.
 
 
-def litert_predict(tflite_model, x, batch_size=100):
-    """Runs a .tflite flatbuffer on `x` with the LiteRT interpreter; returns float outputs.
+def litert_predict(tflite_model, x):
+    """Runs a .tflite model on each image of `x` in the LiteRT interpreter; returns the stacked outputs.
 
-    Quantizes the input and dequantizes the output when the model's interface
-    is integer (int8 models converted with integer input/output).
+    Batch 1, as exported (static shapes); integer interfaces are (de)quantized.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=bytes(tflite_model), num_threads=os.cpu_count() or 1)
-    inp = interpreter.get_input_details()[0]
-    batch = batch_size if inp["shape"][0] in (-1, 1) else int(inp["shape"][0])
-    interpreter.resize_tensor_input(inp["index"], [batch, *x.shape[1:]])
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    outputs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            chunk = np.clip(np.round(chunk / scale + zero), info.min, info.max)
-        interpreter.set_tensor(inp["index"], chunk.astype(inp["dtype"]))
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])[:n]
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        outputs.append(y.astype(np.float32))
-    return np.concatenate(outputs)
+    verify_lib = importlib.import_module("keras_bft.tflite.verify")  # the package re-exports a function of that name
+    outputs = verify_lib._run_litert(bytes(tflite_model), verify_lib._as_samples(x))
+    return np.concatenate([out[0].reshape(1, -1) for out in outputs])
 
 
 def _predict(model, x, batch_size=250):
@@ -206,7 +181,7 @@ def _publish(tmp_dir, output_dir):
 # ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: results key dicts
 class Result:
     """Everything measured about one candidate (None: not measured; see `notes`)."""
 
@@ -346,7 +321,8 @@ class Demo:
         result.int8_size = len(int8)
         result.ptq_acc = _accuracy(litert_predict(int8, self.x_test), self.y_test)
         if verify is not None:
-            result.ptq_parity = _parity(verify(int8, model, self.x_test[:s.verify_images]))
+            result.ptq_parity = _parity(verify(int8, model, self.x_test[:s.verify_images],
+                                               quantization="int8", on_failure="warn"))
         return path
 
     def _qat(self, model, result, convert, verify, quantize_model):
@@ -369,20 +345,21 @@ class Demo:
         result.qat_size = len(int8)
         result.qat_acc = _accuracy(litert_predict(int8, self.x_test), self.y_test)
         if verify is not None:
-            result.qat_parity = _parity(verify(int8, qmodel, self.x_test[:s.verify_images]))
+            result.qat_parity = _parity(verify(int8, qmodel, self.x_test[:s.verify_images],
+                                               quantization="int8", on_failure="warn"))
 
     def _benchmark(self, paths, benchmark):
-        rows = benchmark(list(paths.values()), threads=(1, 2), num_runs=self.settings.benchmark_runs)
-        by_path = {os.path.abspath(p): r for r, p in paths.items()}
+        results = list(paths)
+        rows = benchmark([paths[r] for r in results], threads=(1, 2),
+                         num_runs=self.settings.benchmark_runs, names=[r.name for r in results],
+                         verbose=1 if self._interactive else 0)
+        by_name = {r.name: r for r in results}
         for row in rows:
-            result = by_path.get(os.path.abspath(str(_field(row, "model"))))
-            if result is None:
-                continue
-            threads = int(_field(row, "threads"))
-            result.latency_ms = {**(result.latency_ms or {}), threads: float(_field(row, "median_ms"))}
-            p90 = _field(row, "p90_ms", None)
-            if p90 is not None:
-                result.latency_p90_ms = {**(result.latency_p90_ms or {}), threads: float(p90)}
+            result, threads = by_name[row["name"]], int(row["threads"])
+            result.latency_ms = {**(result.latency_ms or {}), threads: float(row["median_ms"])}
+            result.latency_p90_ms = {**(result.latency_p90_ms or {}), threads: float(row["p90_ms"])}
+            if not row["fully_accelerated"] and threads == 1:
+                result.notes.append("int8 model NOT fully delegated to XNNPACK (LiteRT benchmark tool)")
 
     # -- driver -------------------------------------------------------------
 
@@ -456,19 +433,9 @@ class Demo:
                 self.log(self.notes[-1])
 
 
-def _field(row, name, default=KeyError):
-    if isinstance(row, dict):
-        if name in row or default is KeyError:
-            return row[name]
-        return default
-    if default is KeyError:
-        return getattr(row, name)
-    return getattr(row, name, default)
-
-
 def _parity(report):
     keys = ("max_rel_error", "top1_agreement", "snr_db", "fully_delegated")
-    return {k: _field(report, k, None) for k in keys}
+    return {k: getattr(report, k, None) for k in keys}
 
 
 def _minutes(seconds):
