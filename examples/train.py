@@ -55,7 +55,7 @@ def main(argv=None):
     if args.train_per_class:
         keep = data_lib.stratified_indices(y_train, args.train_per_class)
         x_train, y_train = x_train[keep], y_train[keep]
-    x_test, y_test = dataset.x_test, y_test
+    x_test, y_test = dataset.x_test, dataset.y_test
     if args.test_per_class:
         keep = data_lib.stratified_indices(y_test, args.test_per_class)
         x_test, y_test = x_test[keep], y_test[keep]
