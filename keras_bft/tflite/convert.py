@@ -1,6 +1,7 @@
 """Keras model -> .tflite bytes with TFLite builtin ops only, for LiteRT on Android."""
 
 import os
+import re
 import tempfile
 
 import keras
@@ -65,18 +66,25 @@ def _has_fake_quant(function):
     return any(op.type.startswith("FakeQuant") for op in function.graph.get_operations())
 
 
-def _layer_names_in(message, model):
+def _layer_names_in(message, model, function):
+    """Layers owning the TF ops the converter rejected (`'tf.Op' op is neither ...`)."""
+    op_types = set(re.findall(r"'tf\.(\w+)' op", message))
+    layer_names = {layer.name for layer in model._flatten_layers(include_self=False)}
     names = []
-    for layer in getattr(model, "_flatten_layers", lambda: [])(include_self=False):
-        if f"{layer.name}/" in message or f"{layer.name}_" in message:
-            if layer.name not in names:
-                names.append(layer.name)
+    if function is not None and op_types:
+        for op in function.graph.get_operations():
+            if op.type in op_types:
+                for part in op.name.split("/"):
+                    # Name scopes may carry a uniquifying suffix: "conv_1" for "conv".
+                    base = part if part in layer_names else re.sub(r"_\d+$", "", part)
+                    if base in layer_names and base not in names:
+                        names.append(base)
     return names
 
 
-def _fail_unconvertible(error, model, detail=None):
+def _fail_unconvertible(error, model, detail=None, function=None):
     message = str(error)
-    names = _layer_names_in(message, model)
+    names = _layer_names_in(message, model, function)
     where = f"layer(s) {', '.join(repr(n) for n in names)}" if names else "some layer"
     first_lines = "\n".join(message.strip().splitlines()[:12]) if detail is None else detail
     raise ValueError(
@@ -280,7 +288,7 @@ def convert(
     try:
         tflite_model = make_converter().convert()
     except Exception as error:  # the converter raises several error types
-        _fail_unconvertible(error, export_model)
+        _fail_unconvertible(error, export_model, function=function)
 
     if quantization == "int8" and float_ops:
         stuck = _check_float_ops(tflite_model, set(float_ops))

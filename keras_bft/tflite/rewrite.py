@@ -23,6 +23,8 @@ import numpy as np
 from keras import ops
 
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.ops import lowering as lowering_lib
+from keras_bft.ops import plans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,18 +67,24 @@ class CostModel:
         return total
 
 
-# Measured by benchmarks/calibrate_cost_model.py on the 2-core AMD EPYC (AVX-512 VNNI) build
-# machine, LiteRT 2.3.0, 1 thread, 1x14x14xC tensors; see docs/benchmarks-tflite.md.
+# Fitted by benchmarks/calibrate_cost_model.py on the 2-core AMD EPYC (AVX-512 VNNI) build machine,
+# LiteRT 2.3.0 XNNPACK, 1 thread, single ops at 1x14x14x512, 2026-11-26 (docs/benchmarks-tflite.md).
+# int8 predictions of whole layers were within ~25% of measurement; float ones under-predict radix-4
+# stages and 1024-channel dense convs (weights beyond the cache), which only makes float merge more.
 INT8_COST_MODEL = CostModel(
-    group_ns_per_mac=((4, 0.25), (8, 0.12), (16, 0.06), (32, 0.03), (64, 0.02), (128, 0.015), (1024, 0.013)),
-    shuffle_ns_per_value=1.0,
-    add_ns_per_value=0.5,
+    group_ns_per_mac=(
+        (4, 0.1995), (8, 0.0517), (16, 0.0156), (32, 0.0098), (64, 0.007), (128, 0.0056), (512, 0.0048),
+    ),
+    shuffle_ns_per_value=0.1384,
+    add_ns_per_value=0.1387,
     op_us=2.0,
 )
 FLOAT_COST_MODEL = CostModel(
-    group_ns_per_mac=((4, 0.5), (8, 0.25), (16, 0.12), (32, 0.06), (64, 0.04), (128, 0.035), (1024, 0.03)),
-    shuffle_ns_per_value=2.0,
-    add_ns_per_value=1.0,
+    group_ns_per_mac=(
+        (4, 0.1976), (8, 0.0653), (16, 0.0291), (32, 0.0266), (64, 0.0203), (128, 0.0195), (512, 0.0185),
+    ),
+    shuffle_ns_per_value=0.4157,
+    add_ns_per_value=0.1526,
     op_us=2.0,
 )
 
@@ -140,16 +148,105 @@ def choose_lowering(layer, positions, quantization="int8", cost_model=None, allo
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
-class HardSwishAsProduct(keras.layers.Layer):
-    """`x * hard_sigmoid(x)` with the sigmoid as a clipped affine map: hard-swish without HARD_SWISH.
+class ButterflyStages(keras.layers.Layer):
+    """Export form of a ButterflyFusion: stage kernels of any plan (e.g. merged), stored as weights.
 
-    LiteRT's XNNPACK delegate lacks int8 HARD_SWISH; the ADD (fused RELU6),
-    MUL ops this lowers to are delegated. Same function as `hard_swish`.
+    The exporter computes merged kernels on the weight side (NumPy) so the
+    converter sees plain constants: merging at trace time leaves einsums on
+    constants that TFLite's constant folding skips when large, and the int8
+    quantizer then treats the conv filters as activations.
+
+    Args:
+        stages: `(groups, group_in, group_out)` per stage.
+        in_channels: channels read (before zero-padding).
+        out_channels: channels written (after cropping).
+        residual, use_bias, activation, data_format: as in ButterflyFusion.
+        lowering: one of `keras_bft.ops.LOWERINGS` except `"dense"`.
+    """
+
+    def __init__(
+        self,
+        stages,
+        in_channels,
+        out_channels,
+        residual=True,
+        use_bias=False,
+        activation=None,
+        data_format="channels_last",
+        lowering="grouped_conv",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.stages = [tuple(int(v) for v in s) for s in stages]
+        self.plan = plans.ButterflyPlan(
+            int(in_channels), int(out_channels), tuple(plans.Stage(*s) for s in self.stages)
+        )
+        self.residual = bool(residual)
+        self.use_bias = bool(use_bias)
+        self.activation = keras.activations.get(activation)
+        self.data_format = data_format
+        if lowering not in lowering_lib.LOWERINGS or lowering == "dense":
+            raise ValueError(
+                f"`lowering` must be a staged lowering of {lowering_lib.LOWERINGS}. "
+                f"Received: lowering={lowering!r}"
+            )
+        self.lowering = lowering
+
+    def build(self, input_shape):
+        self.kernels = [
+            self.add_weight(name=f"stage_{i}_kernel", shape=s.kernel_shape, initializer="zeros")
+            for i, s in enumerate(self.plan.stages)
+        ]
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.plan.out_channels,), initializer="zeros")
+            if self.use_bias
+            else None
+        )
+
+    def call(self, inputs):
+        channels_first = self.data_format == "channels_first" and len(inputs.shape) >= 3
+        if channels_first:
+            inputs = ops.moveaxis(inputs, 1, -1)
+        outputs = lowering_lib.butterfly_transform(
+            inputs, list(self.kernels), self.plan, self.residual, self.lowering
+        )
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        if channels_first:
+            outputs = ops.moveaxis(outputs, -1, 1)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "stages": self.stages,
+                "in_channels": self.plan.in_channels,
+                "out_channels": self.plan.out_channels,
+                "residual": self.residual,
+                "use_bias": self.use_bias,
+                "activation": keras.activations.serialize(self.activation),
+                "data_format": self.data_format,
+                "lowering": self.lowering,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bft")
+class HardSwishAsProduct(keras.layers.Layer):
+    """`(x / 6) * relu6(x + 3)`: hard-swish without the HARD_SWISH op.
+
+    LiteRT's XNNPACK delegate lacks int8 HARD_SWISH, and the converter folds
+    `x * relu6(x + 3) / 6` back into it; scaling `x` first escapes that pattern
+    and gives MUL, ADD (fused RELU6), MUL, all delegated in int8 (checked by
+    the tests). Same function as `hard_swish`.
     """
 
     def call(self, inputs):
-        gate = ops.minimum(ops.maximum(inputs + 3.0, 0.0), 6.0)
-        return inputs * (gate * (1.0 / 6.0))
+        return (inputs * (1.0 / 6.0)) * ops.relu6(inputs + 3.0)
 
 
 def _is_hard_swish(layer):
@@ -196,6 +293,30 @@ def _dense_fold(layer, shape):
     return new
 
 
+def staged_export_layer(layer, merge_stages, lowering="grouped_conv"):
+    """A `ButterflyStages` computing `layer` with its stages merged by `merge_stages` (weights merged in NumPy)."""
+    kernels = [np.asarray(ops.convert_to_numpy(k), dtype=np.float64) for k in layer.kernels]
+    merged, plan = lowering_lib.merge_kernels(kernels, layer.plan, tuple(merge_stages))
+    new = ButterflyStages(
+        [s.kernel_shape for s in plan.stages],
+        plan.in_channels,
+        plan.out_channels,
+        residual=layer.residual,
+        use_bias=layer.use_bias,
+        activation=layer.activation,
+        data_format=layer.data_format,
+        lowering=lowering,
+        name=layer.name,
+        dtype=layer.dtype_policy,
+    )
+    new.build(None)
+    weights = [np.asarray(ops.convert_to_numpy(k), dtype=np.float32) for k in merged]
+    if layer.use_bias:
+        weights.append(ops.convert_to_numpy(layer.bias))
+    new.set_weights(weights)
+    return new
+
+
 def prepare_for_export(model, quantization, shapes, cost_model=None):
     """A clone of `model` with every ButterflyFusion in its chosen lowering (weights copied).
 
@@ -225,12 +346,7 @@ def prepare_for_export(model, quantization, shapes, cost_model=None):
             if new is None:
                 if decision.kind == "dense":
                     decision = choose_lowering(layer, positions, quantization, cost_model, False)
-                config = layer.get_config()
-                config["lowering"] = decision.lowering
-                config["merge_stages"] = list(decision.merge_stages)
-                new = ButterflyFusion.from_config(config)
-                new.build((shapes[0][0], *shape[1:]))
-                new.set_weights(layer.get_weights())
+                new = staged_export_layer(layer, decision.merge_stages, decision.lowering)
             decisions.append(decision)
             changed.append(layer.name)
             return new

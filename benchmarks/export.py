@@ -1,0 +1,167 @@
+"""int8 LiteRT latency of BFT models against their pointwise twins, exported with the default exporter settings.
+
+Each pair is converted with `keras_bft.tflite.convert(..., "int8")` (random
+weights with randomized BatchNorm statistics, a few random calibration samples:
+latency does not depend on the values), checked fully delegated by LiteRT, and
+timed interleaved in one run with `keras_bft.tflite.benchmark` (XNNPACK, 1 and 2
+threads). Ratios are BFT median / twin median from the same run.
+
+Usage:
+    PYTHONPATH=. python benchmarks/export.py [--pairs layer,v1,v2,matched] [--runs 50]
+        [--json out.json] [--markdown out.md]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+
+from keras_bft import ButterflyFusion
+from keras_bft import tflite
+
+# name -> (description, target ratio at 1 thread, target at 2 threads)
+TARGETS = {
+    "layer": ("ButterflyFusion(1024, butterfly_k=32) vs Conv2D(1024, 1), 1x14x14x1024", 0.25, None),
+    "v1": ("MobileNetV1BFT 1.0@224 k=4 vs pointwise twin", 0.5, 0.7),
+    "v2": ("MobileNetV2BFT 2.0@224 k=4 vs pointwise twin", 0.8, None),
+    "matched": ("matched FLOPs: MobileNetV1BFT 1.0@160 k=4 vs pointwise 0.25@224", None, None),
+    "v1_raw": ("MobileNetV1BFT 1.0@224 k=4 converted without the rewrite vs pointwise twin", None, None),
+}
+
+
+def _randomize_bn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.1, 0.1, beta.shape),
+                 rng.uniform(-0.1, 0.1, mean.shape), rng.uniform(0.5, 1.5, var.shape)]
+            )
+    return model
+
+
+def _layer_pair():
+    x = keras.Input((14, 14, 1024), batch_size=1)
+    bft = keras.Model(x, ButterflyFusion(1024, butterfly_k=32)(x), name="bft_k32_1024")
+    x = keras.Input((14, 14, 1024), batch_size=1)
+    dense = keras.Model(x, keras.layers.Conv2D(1024, 1, use_bias=False)(x), name="conv1x1_1024")
+    return [bft, dense]
+
+
+def build(pair):
+    """The models of `pair`, BFT first; returns (models, convert options per model)."""
+    from keras_bft import applications as apps
+
+    if pair == "layer":
+        return _layer_pair(), [{}, {}]
+    if pair in ("v1", "v1_raw"):
+        models = [apps.MobileNetV1BFT((224, 224, 3), fusion=f, butterfly_k=4) for f in ("butterfly", "pointwise")]
+        return models, [{"optimize": pair == "v1"}, {}]
+    if pair == "v2":
+        models = [
+            apps.MobileNetV2BFT((224, 224, 3), width=2.0, fusion=f, butterfly_k=4)
+            for f in ("butterfly", "pointwise")
+        ]
+        return models, [{}, {}]
+    if pair == "matched":
+        models = [
+            apps.MobileNetV1BFT((160, 160, 3), width=1.0, butterfly_k=4),
+            apps.MobileNetV1BFT((224, 224, 3), width=0.25, fusion="pointwise"),
+        ]
+        return models, [{}, {}]
+    raise ValueError(f"Unknown pair. Received: pair={pair!r} (known: {sorted(TARGETS)})")
+
+
+def _macs(model):
+    try:
+        from keras_bft.utils import count_macs
+
+        return int(count_macs(model))
+    except Exception:  # noqa: BLE001 - MACs are informative only
+        return None
+
+
+def run_pair(pair, threads, runs, log):
+    models, options = build(pair)
+    names, blobs, macs, notes = [], [], [], []
+    for model, opts in zip(models, options):
+        _randomize_bn(model)
+        data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
+        start = time.time()
+        blob, decisions = tflite.convert(
+            model, "int8", representative_data=data, return_report=True, **opts
+        )
+        kinds = {}
+        for d in decisions:
+            key = "dense" if d.kind == "dense" else "x".join(str(r) for r in d.radices)
+            kinds[key] = kinds.get(key, 0) + 1
+        notes.append(kinds)
+        log(f"  converted {model.name} in {time.time() - start:.0f} s; lowerings {kinds}")
+        names.append(model.name + ("" if opts.get("optimize", True) else " (no rewrite)"))
+        blobs.append(blob)
+        macs.append(_macs(model))
+    rows = tflite.benchmark(blobs, threads=threads, num_runs=runs, names=names)
+    for row in rows:
+        j = names.index(row["name"])
+        row["pair"] = pair
+        row["macs"] = macs[j]
+        row["lowerings"] = notes[j]
+    return rows
+
+
+def markdown(rows):
+    lines = [
+        "| pair | model | MACs | threads | median ms | p90 ms | ratio | target | size KiB | fully delegated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        target = TARGETS[row["pair"]][1 if row["threads"] == 1 else 2] if row["ratio"] != 1.0 else None
+        met = "" if target is None else (f"<= {target} " + ("met" if row["ratio"] <= target else "MISSED"))
+        macs = "" if row["macs"] is None else f"{row['macs'] / 1e6:.0f}M"
+        lines.append(
+            f"| {row['pair']} | {row['name']} | {macs} | {row['threads']} | {row['median_ms']:.2f} | "
+            f"{row['p90_ms']:.2f} | {row['ratio']:.3f} | {met} | {row['size_bytes'] / 1024:.0f} | "
+            f"{'yes' if row['fully_accelerated'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", default="layer,v1,v2,matched")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args()
+    threads = tuple(int(t) for t in args.threads.split(","))
+    started = datetime.datetime.now(datetime.timezone.utc)
+    rows = []
+    for pair in args.pairs.split(","):
+        print(f"{pair}: {TARGETS[pair][0]}", flush=True)
+        rows.extend(run_pair(pair, threads, args.runs, lambda m: print(m, flush=True)))
+        print(markdown([r for r in rows if r["pair"] == pair]), flush=True)
+    header = (
+        f"Measured {started:%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}), LiteRT XNNPACK, int8, "
+        f"command: `PYTHONPATH=. python {' '.join(sys.argv)}`\n\n"
+    )
+    table = header + markdown(rows)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": started.isoformat(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
