@@ -47,9 +47,11 @@ class ButterflyFusion(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`, for inputs of rank
             >= 3; defaults to `keras.config.image_data_format()`. Rank-2 inputs
             always mix their last axis.
-        lowering: how the stages run: `"auto"` (the fastest measured on the
-            backend), `"group_major"`, `"shuffle"`, `"multiply_sum"` or
-            `"dense"` (a dense fold). All compute the same function.
+        lowering: how the stages run: `"auto"` (`"group_major"`; on JAX,
+            inference with blocks <= 8 uses `"multiply_sum"`, which XLA fuses),
+            `"group_major"`, `"shuffle"`, `"multiply_sum"` or `"dense"` (a
+            dense fold). All compute the same function; see
+            `keras_bft.ops.lowering`.
         merge_stages: optional stage counts to compose into single block stages
             at run time, e.g. `(2, 3)` for five stages: the same function with
             fewer passes (what exporters use). Default: run each stage.
@@ -213,7 +215,7 @@ class ButterflyFusion(keras.layers.Layer):
         )
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={axis: int(channels)})
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         channels_first = self._channel_axis(len(inputs.shape)) == 1
         if channels_first:
             inputs = ops.moveaxis(inputs, 1, -1)
@@ -221,7 +223,8 @@ class ButterflyFusion(keras.layers.Layer):
         if self.merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.merge_stages)
         lowering = (
-            lowering_lib.default_lowering() if self.lowering == "auto" else self.lowering
+            lowering_lib.default_lowering(plan, training=bool(training))
+            if self.lowering == "auto" else self.lowering
         )
         outputs = lowering_lib.butterfly_transform(inputs, kernels, plan, self.residual, lowering)
         if self.bias is not None:

@@ -29,10 +29,21 @@ from keras import ops
 LOWERINGS = ("group_major", "shuffle", "multiply_sum", "dense", "grouped_conv")
 
 
-def default_lowering(backend=None):
-    """The lowering that measured fastest on `backend` (see docs/benchmarks.md)."""
+def default_lowering(plan=None, backend=None, training=False):
+    """The lowering that measured best for `plan` on `backend` (docs/benchmarks.md).
+
+    `group_major` everywhere, except JAX inference with small blocks: XLA fuses
+    each `multiply_sum` stage into one loop (about 2x faster there), but the
+    broadcast product it keeps for the backward pass costs 5x the training
+    memory, so training stays on `group_major`.
+    """
     backend = backend or keras.backend.backend()
-    return "multiply_sum" if backend == "jax" else "group_major"
+    small_blocks = plan is not None and all(
+        max(s.group_in, s.group_out) <= 8 for s in plan.stages
+    )
+    if backend == "jax" and not training and small_blocks:
+        return "multiply_sum"
+    return "group_major"
 
 
 def merge_kernels(kernels, plan, segments):

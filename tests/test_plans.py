@@ -1,0 +1,132 @@
+"""Plans and the NumPy oracle: pure math, no Keras layers."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from keras_bft.ops import oracle
+from keras_bft.ops import plans
+
+
+def _random_kernels(plan, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s.kernel_shape) for s in plan.stages]
+
+
+def _brute_force_dense(kernels, plan):
+    """Dense matrix by running the stage definition on each basis vector, loop by loop."""
+    out = np.zeros((plan.in_channels, plan.out_channels))
+    for c in range(plan.in_channels):
+        v = np.zeros(plan.padded_in)
+        v[c] = 1.0
+        for kernel, stage in zip(kernels, plan.stages):
+            pre = np.zeros((stage.groups, stage.group_out))
+            for g in range(stage.groups):
+                pre[g] = v[g * stage.group_in : (g + 1) * stage.group_in] @ kernel[g]
+            v = pre.T.reshape(-1)  # perfect shuffle: (groups, b) -> (b, groups)
+        out[c] = v[: plan.out_channels]
+    return out
+
+
+@pytest.mark.parametrize(
+    "n, k, expected",
+    [
+        (1024, 32, (32, 32)),
+        (1024, 4, (4, 4, 4, 4, 4)),
+        (256, 16, (16, 16)),
+        (64, 4, (4, 4, 4)),
+        (96, 4, (2, 3, 4, 4)),
+        (16, 16, (16,)),
+        (3, 4, (3,)),
+    ],
+)
+def test_square_radices(n, k, expected):
+    plan = plans.make_plan(n, n, butterfly_k=k)
+    assert plan.radices == expected
+    assert plan.padding == (0, 0)
+    assert plan.macs == n * sum(expected)
+
+
+def test_awkward_counts_pad_little_and_stay_cheap():
+    # 58 = 2 * 29 has no 3-stage split; padding to 60 = 3 * 4 * 5 is cheaper than 64 = 4 ** 3.
+    plan = plans.make_plan(58, 58, butterfly_k=4)
+    assert plan.radices == (3, 4, 5) and plan.padding == (2, 2)
+    assert plan.macs < 58 * 58
+
+
+def test_rectangular_cost_follows_the_smaller_side():
+    expand = plans.make_plan(96, 576, butterfly_k=4)
+    project = plans.make_plan(576, 96, butterfly_k=4)
+    # Core butterfly on 96 channels plus one rectangular stage with the smallest radix.
+    assert expand.stages[-1].group_in == 2 and expand.stages[-1].group_out == 12
+    assert project.stages[0].group_in == 12 and project.stages[0].group_out == 2
+    paper_rule = 6 * 96 * sum(plans.make_plan(96, 96, butterfly_k=4).radices)
+    assert expand.macs == project.macs == 96 * (4 + 4 + 3) + 576 * 2 < paper_rule
+
+
+def test_num_stages_sets_depth():
+    plan = plans.make_plan(1024, 1024, num_stages=2)
+    assert plan.radices == (32, 32)
+    assert plans.make_plan(512, 512, num_stages=3).num_stages == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cin=st.integers(1, 70),
+    cout=st.integers(1, 70),
+    k=st.integers(2, 9),
+)
+def test_oracle_matches_stage_definition_and_is_fully_connected(cin, cout, k):
+    plan = plans.make_plan(cin, cout, butterfly_k=k)
+    kernels = _random_kernels(plan, seed=cin * 100 + cout)
+    dense = oracle.dense_matrix(kernels, plan)
+    np.testing.assert_allclose(dense, _brute_force_dense(kernels, plan), atol=1e-9)
+    # Full connectivity: every output depends on every input.
+    assert np.all(dense != 0)
+    # Each stage's channel counts chain.
+    for a, b in zip(plan.stages, plan.stages[1:]):
+        assert a.out_channels == b.in_channels
+    assert plan.padded_in >= cin and plan.padded_out >= cout
+    assert np.allclose(
+        oracle.dense_matrix(kernels, plan, residual=True) - dense,
+        np.eye(cin, cout),
+    )
+
+
+def test_explicit_radices_are_used():
+    plan = plans.make_plan(64, 128, radices=[8, 8])
+    assert plan.radices == (8, 8)
+    assert plan.stages[-1].kernel_shape == (8, 8, 16)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"radices": [4, 4]}, r"radices=\[4, 4\] \(product 16\)"),
+        ({"radices": []}, r"radices=\[\]"),
+        ({"butterfly_k": 1}, "butterfly_k=1"),
+        ({"num_stages": 0}, "num_stages=0"),
+    ],
+)
+def test_bad_plan_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plans.make_plan(64, 64, **kwargs)
+
+
+@pytest.mark.parametrize("cin, cout", [(0, 4), (4, -1)])
+def test_bad_channel_counts(cin, cout):
+    with pytest.raises(ValueError, match="Received"):
+        plans.make_plan(cin, cout)
+
+
+def test_merge_validates_segments():
+    plan = plans.make_plan(256, 256, butterfly_k=4)
+    with pytest.raises(ValueError, match=r"segments=\(1, 1\)"):
+        plan.merge((1, 1))
+    merged = plan.merge((2, 2))
+    assert merged.radices == (16, 16)
+    assert math.prod(merged.radices) == 256
