@@ -5,6 +5,7 @@ exporter, QAT) is skipped with a note that says so; the report prints the
 notes, so a missing piece never looks like a result.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -325,11 +326,10 @@ class Demo:
                                                quantization="int8", on_failure="warn"))
         return path
 
-    def _qat(self, model, result, convert, verify, quantize_model):
+    def _qat(self, qmodel, result, convert, verify):
         import keras
 
         s = self.settings
-        qmodel = quantize_model(model)
         qmodel.compile(
             optimizer=keras.optimizers.Adam(s.learning_rate / 10),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -411,26 +411,55 @@ class Demo:
             self.log(f"  float accuracy {result.float_acc:.4f}")
             if convert is None:
                 continue
+            qmodel = None
+            if quantize_model is not None and s.qat_epochs > 0:
+                # Before any export: the exporter calls the model's layers on new inputs, and
+                # quantize_model refuses layers with several call sites.
+                try:
+                    qmodel = quantize_model(model, calibration_data=self.x_train[:s.calibration_images])
+                except Exception as e:
+                    result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
+                    self.log("  " + result.notes[-1])
             try:
                 paths[result] = self._export(model, result, convert, verify)
                 self.log(f"  int8 (PTQ) accuracy {result.ptq_acc:.4f}, {result.int8_size / 1024:.0f} KiB")
             except Exception as e:  # Report the failure in the table; keep the other models going.
                 result.notes.append(f"int8 export failed: {type(e).__name__}: {e}")
                 self.log("  " + result.notes[-1])
-            if quantize_model is not None and s.qat_epochs > 0:
+            if qmodel is not None:
                 try:
-                    self._qat(model, result, convert, verify, quantize_model)
+                    self.log(f"  quantization-aware training, {s.qat_epochs} epoch(s)")
+                    self._qat(qmodel, result, convert, verify)
                     self.log(f"  int8 (QAT) accuracy {result.qat_acc:.4f}")
                 except Exception as e:
                     result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
                     self.log("  " + result.notes[-1])
         if benchmark is not None and paths:
             self.log("Benchmarking the int8 models in LiteRT (1 and 2 threads)...")
+            log = os.path.join(self.tmp_dir, "litert.log")
             try:
-                self._benchmark(paths, benchmark)
+                with _native_stderr_to(log):  # the runtime's own logging, kept in litert.log
+                    self._benchmark(paths, benchmark)
             except Exception as e:
                 self.notes.append(f"benchmark failed: {type(e).__name__}: {e}")
                 self.log(self.notes[-1])
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path):
+    """Sends file descriptor 2 (LiteRT's C++ INFO logging) to `path` for the duration."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _parity(report):
