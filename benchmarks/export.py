@@ -4,7 +4,9 @@ Each pair is converted with `keras_bft.tflite.convert(..., "int8")` (random
 weights with randomized BatchNorm statistics, a few random calibration samples:
 latency does not depend on the values), checked fully delegated by LiteRT, and
 timed interleaved in one run with `keras_bft.tflite.benchmark` (XNNPACK, 1 and 2
-threads). Ratios are BFT median / twin median from the same run.
+threads). Ratios are median / the pointwise twin's median from the same run.
+Rows "..._zero_cost_fusion" replace every ButterflyFusion by a free channel
+slice/repeat: the floor no 1x1 replacement can go below.
 
 Usage:
     PYTHONPATH=. python benchmarks/export.py [--pairs layer,v1,v2,matched] [--runs 50]
@@ -49,31 +51,63 @@ def _randomize_bn(model, seed=0):
 
 def _layer_pair():
     x = keras.Input((14, 14, 1024), batch_size=1)
+    dense = keras.Model(x, keras.layers.Conv2D(1024, 1, use_bias=False)(x), name="conv1x1_1024")
+    x = keras.Input((14, 14, 1024), batch_size=1)
     bft = keras.Model(x, ButterflyFusion(1024, butterfly_k=32)(x), name="bft_k32_1024")
     x = keras.Input((14, 14, 1024), batch_size=1)
-    dense = keras.Model(x, keras.layers.Conv2D(1024, 1, use_bias=False)(x), name="conv1x1_1024")
-    return [bft, dense]
+    paper = keras.Model(x, ButterflyFusion(1024, butterfly_k=4)(x), name="bft_k4_1024")
+    return [dense, bft, paper]
+
+
+class ZeroCostFusion(keras.layers.Layer):
+    """Stands in for a channel fusion at (almost) no cost: slices or repeats channels.
+
+    Not a model anyone would ship: it bounds from below what ANY 1x1 replacement
+    can reach, by leaving only the rest of the network (depthwise convs, BN,
+    activations, stem, head) to time.
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+
+    def call(self, inputs):
+        channels = inputs.shape[-1]
+        if channels < self.filters:
+            inputs = keras.ops.concatenate([inputs] * -(-self.filters // channels), axis=-1)
+        return inputs[..., : self.filters]
+
+
+def _zero_cost(model):
+    def clone(layer):
+        if isinstance(layer, ButterflyFusion):
+            return ZeroCostFusion(layer.filters, name=layer.name)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def build(pair):
-    """The models of `pair`, BFT first; returns (models, convert options per model)."""
+    """The models of `pair`, the baseline (pointwise twin) first; returns (models, options)."""
     from keras_bft import applications as apps
 
     if pair == "layer":
-        return _layer_pair(), [{}, {}]
+        return _layer_pair(), [{}, {}, {}]
     if pair in ("v1", "v1_raw"):
-        models = [apps.MobileNetV1BFT((224, 224, 3), fusion=f, butterfly_k=4) for f in ("butterfly", "pointwise")]
-        return models, [{"optimize": pair == "v1"}, {}]
+        twin, bft = [apps.MobileNetV1BFT((224, 224, 3), fusion=f, butterfly_k=4) for f in ("pointwise", "butterfly")]
+        if pair == "v1_raw":
+            return [twin, bft], [{}, {"optimize": False}]
+        return [twin, bft, _zero_cost(bft)], [{}, {}, {"label": bft.name + "_zero_cost_fusion"}]
     if pair == "v2":
-        models = [
+        twin, bft = [
             apps.MobileNetV2BFT((224, 224, 3), width=2.0, fusion=f, butterfly_k=4)
-            for f in ("butterfly", "pointwise")
+            for f in ("pointwise", "butterfly")
         ]
-        return models, [{}, {}]
+        return [twin, bft, _zero_cost(bft)], [{}, {}, {"label": bft.name + "_zero_cost_fusion"}]
     if pair == "matched":
         models = [
-            apps.MobileNetV1BFT((160, 160, 3), width=1.0, butterfly_k=4),
             apps.MobileNetV1BFT((224, 224, 3), width=0.25, fusion="pointwise"),
+            apps.MobileNetV1BFT((160, 160, 3), width=1.0, butterfly_k=4),
         ]
         return models, [{}, {}]
     raise ValueError(f"Unknown pair. Received: pair={pair!r} (known: {sorted(TARGETS)})")
@@ -88,10 +122,12 @@ def _macs(model):
         return None
 
 
-def run_pair(pair, threads, runs, log):
+def run_pair(pair, threads, runs, rounds, log):
     models, options = build(pair)
     names, blobs, macs, notes = [], [], [], []
     for model, opts in zip(models, options):
+        opts = dict(opts)
+        label = opts.pop("label", model.name)
         _randomize_bn(model)
         data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
         start = time.time()
@@ -103,11 +139,11 @@ def run_pair(pair, threads, runs, log):
             key = "dense" if d.kind == "dense" else "x".join(str(r) for r in d.radices)
             kinds[key] = kinds.get(key, 0) + 1
         notes.append(kinds)
-        log(f"  converted {model.name} in {time.time() - start:.0f} s; lowerings {kinds}")
-        names.append(model.name + ("" if opts.get("optimize", True) else " (no rewrite)"))
+        log(f"  converted {label} in {time.time() - start:.0f} s; lowerings {kinds}")
+        names.append(label + ("" if opts.get("optimize", True) else " (no rewrite)"))
         blobs.append(blob)
         macs.append(_macs(model))
-    rows = tflite.benchmark(blobs, threads=threads, num_runs=runs, names=names)
+    rows = tflite.benchmark(blobs, threads=threads, num_runs=runs, rounds=rounds, names=names)
     for row in rows:
         j = names.index(row["name"])
         row["pair"] = pair
@@ -122,7 +158,8 @@ def markdown(rows):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        target = TARGETS[row["pair"]][1 if row["threads"] == 1 else 2] if row["ratio"] != 1.0 else None
+        is_bft = "bft" in row["name"] and "zero_cost" not in row["name"] and "k4_1024" not in row["name"]
+        target = TARGETS[row["pair"]][1 if row["threads"] == 1 else 2] if is_bft else None
         met = "" if target is None else (f"<= {target} " + ("met" if row["ratio"] <= target else "MISSED"))
         macs = "" if row["macs"] is None else f"{row['macs'] / 1e6:.0f}M"
         lines.append(
@@ -138,6 +175,7 @@ def main():
     parser.add_argument("--pairs", default="layer,v1,v2,matched")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
@@ -146,7 +184,7 @@ def main():
     rows = []
     for pair in args.pairs.split(","):
         print(f"{pair}: {TARGETS[pair][0]}", flush=True)
-        rows.extend(run_pair(pair, threads, args.runs, lambda m: print(m, flush=True)))
+        rows.extend(run_pair(pair, threads, args.runs, args.rounds, lambda m: print(m, flush=True)))
         print(markdown([r for r in rows if r["pair"] == pair]), flush=True)
     header = (
         f"Measured {started:%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs, "

@@ -189,8 +189,8 @@ class QuantizedLinear(_QuantizedBase):
     FULLY_CONNECTED path rejects per-channel fake quant). ButterflyFusion runs
     its stages as grouped 1x1 convs, each stage's folded kernel quantized per
     channel and each stage's output quantized (int8 tensors of the exported
-    graph); the residual branch is scaled by the batch norm (an int8 MUL) and
-    added (an int8 ADD with the fused activation).
+    graph); the residual branch is scaled by the batch norm (a 1x1 int8
+    DEPTHWISE_CONV_2D) and added (an int8 ADD with the fused activation).
 
     Batch norm folding (Krishnamoorthi 2018, "Quantizing deep convolutional
     networks for efficient inference", section 3.2): the kernel is always
@@ -412,8 +412,9 @@ class QuantizedLinear(_QuantizedBase):
             if in_channels > out_channels:
                 residual = residual[..., :out_channels]
             if scale is not None:
-                factor = scale if correction is None else scale * correction
-                residual = residual * factor[:in_channels] if in_channels < out_channels else residual * factor
+                residual = _scale_channels(residual, scale[: residual.shape[-1]])
+                if correction is not None:
+                    residual = residual * correction[: residual.shape[-1]]
                 residual = self.residual_range(residual, update, self._calibrating)
             if in_channels < out_channels:
                 residual = ops.pad(residual, ((0, 0), (0, 0), (0, 0), (0, out_channels - in_channels)))
@@ -445,6 +446,17 @@ def _stage_order(vector, stage, fill):
     if extra:
         vector = ops.concatenate([vector, ops.full((extra,), fill, dtype=vector.dtype)])
     return ops.reshape(ops.transpose(ops.reshape(vector, (group_out, groups))), (-1,))
+
+
+def _scale_channels(x, scale):
+    """x * scale per channel, as a 1x1 DEPTHWISE_CONV_2D with per-channel int8 weights.
+
+    Each channel's factor is then exact in int8 (it is its own channel's
+    maximum); a MUL would make TFLite quantize the factors per tensor.
+    """
+    channels = scale.shape[0]
+    kernel = quantizers.quantize_weights(ops.reshape(scale, (1, 1, channels)))
+    return ops.depthwise_conv(x, ops.reshape(kernel, (1, 1, channels, 1)), padding="valid")
 
 
 def _perfect_shuffle(x, groups, group_out):

@@ -41,12 +41,17 @@ def quantize_weights(kernel):
 
     Returns:
         `kernel` rounded to `scale * q`, `q` integer in `[-127, 127]`, with
-        `scale = max|kernel[..., c]| / 127` per channel `c`. Gradients pass
+        `scale = max|kernel[..., c]| / 127` (up to a factor 1 + 1e-6) per
+        channel `c`. Gradients pass
         straight through (to the range's interior).
     """
     reduce_axes = tuple(range(len(kernel.shape) - 1))
     bound = ops.max(ops.abs(ops.stop_gradient(kernel)), axis=reduce_axes)
-    bound = ops.maximum(bound, WEIGHT_RANGE_FLOOR)
+    # Widened by 1e-6 so the largest weight sits strictly inside the nudged
+    # range: its straight-through gradient must not hinge on float rounding
+    # (TF's eager and XLA kernels round the range differently). It still
+    # rounds to +-127.
+    bound = ops.maximum(bound * (1.0 + 1e-6), WEIGHT_RANGE_FLOOR)
     return fake_quant_with_min_max_vars(
         kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True, axis=-1
     )

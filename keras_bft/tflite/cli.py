@@ -113,6 +113,9 @@ def run_convert(args):
             )
         if not args.no_verify:
             samples = convert_lib.sample_inputs(model, num_samples=4)
+            if args.calibration is not None:
+                # Check on data the int8 ranges were calibrated for, not on noise.
+                samples = list(convert_lib.calibration_samples(model, args.calibration, 4))
             result = verify_lib.verify(
                 data, model, samples, quantization=args.quantize,
                 on_failure="warn" if args.warn_only else "raise",

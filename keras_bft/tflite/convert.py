@@ -314,6 +314,13 @@ def convert(
     return tflite_model
 
 
+def calibration_samples(model, data, num_samples=4, preprocess=None):
+    """The first `num_samples` samples of calibration `data`, each a list of batch-1 arrays."""
+    shapes = _static_input_shapes(model, 1, None)
+    dtypes = _input_dtypes(model, len(shapes))
+    return calibration.representative_dataset(data, shapes, dtypes, num_samples, preprocess)()
+
+
 def sample_inputs(model, num_samples=4, seed=0, input_shape=None):
     """Random inputs of the model's static shape (batch 1 each), for checks and benchmarks."""
     shapes = _static_input_shapes(model, 1, input_shape)
