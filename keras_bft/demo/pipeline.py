@@ -73,7 +73,7 @@ def settings_for(mode, **overrides):
     if mode == "tiny":
         base = Settings("tiny", bft_widths=(0.5,), twin_widths=(0.35, 0.5),
                         frontier_twins=False, train_per_class=20, test_per_class=10, epochs=1,
-                        qat_epochs=1, batch_size=32, calibration_images=16, verify_images=16,
+                        qat_epochs=0, batch_size=32, calibration_images=16, verify_images=16,
                         benchmark_runs=3, run_eagerly=True)
     elif mode == "quick":
         base = Settings("quick", bft_widths=(1.0,), twin_widths=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
@@ -400,6 +400,9 @@ class Demo:
         for why in (why_convert, why_verify, why_bench, why_qat):
             if why:
                 self.notes.append("skipped: " + why)
+        if quantize_model is not None and s.qat_epochs == 0:
+            quantize_model = None
+            self.notes.append(f"skipped: quantization-aware training (qat_epochs=0 in the {s.mode} settings)")
 
         paths = {}
         for i, (c, model, macs, twin) in enumerate(plan):
