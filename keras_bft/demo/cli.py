@@ -39,6 +39,10 @@ def add_parser(subparsers):
                              "(default: ./keras-bft-demo-MODE-DATE-TIME)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--epochs", type=int, default=None, help="override the mode's epochs")
+    parser.add_argument("--qat-epochs", type=int, default=None,
+                        help="override the quantization-aware training epochs (0 skips QAT)")
+    parser.add_argument("--train-per-class", type=int, default=None,
+                        help="train on a stratified subset of this many images per class")
     parser.add_argument("--bft-widths", type=_widths, default=None, metavar="W[,W...]",
                         help="override the BFT widths, e.g. 0.5,1.0")
     parser.add_argument("--twin-widths", type=_widths, default=None, metavar="W[,W...]",
@@ -66,6 +70,14 @@ def run(args):
             print(f"error: --epochs must be >= 1. Received: --epochs={args.epochs}", file=sys.stderr)
             return 2
         overrides["epochs"] = args.epochs
+    for flag, value, low in (("--qat-epochs", args.qat_epochs, 0), ("--train-per-class", args.train_per_class, 1)):
+        if value is not None and value < low:
+            print(f"error: {flag} must be >= {low}. Received: {flag}={value}", file=sys.stderr)
+            return 2
+    if args.qat_epochs is not None:
+        overrides["qat_epochs"] = args.qat_epochs
+    if args.train_per_class is not None:
+        overrides["train_per_class"] = args.train_per_class
     if args.bft_widths:
         overrides["bft_widths"] = args.bft_widths
     if args.twin_widths:

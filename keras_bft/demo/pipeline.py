@@ -80,7 +80,7 @@ def settings_for(mode, **overrides):
                         frontier_twins=False, train_per_class=400, test_per_class=100, epochs=3,
                         qat_epochs=1)
     elif mode == "full":
-        base = Settings("full", bft_widths=(0.5, 1.0, 1.4), twin_widths=(0.35, 0.5, 0.75, 1.0),
+        base = Settings("full", bft_widths=(1.0, 1.4, 2.0), twin_widths=(0.35, 0.5, 0.75),
                         frontier_twins=True, epochs=8, qat_epochs=1, benchmark_runs=100)
     else:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
