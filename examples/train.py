@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_bft import applications
 from keras_bft.demo import data as data_lib
+from keras_bft.demo import pipeline
 
 BUILDERS = ("MobileNetV1BFT", "MobileNetV2BFT", "MobileNetV3SmallBFT", "MobileNetV3LargeBFT", "ShuffleNetV2BFT")
 
@@ -65,6 +66,8 @@ def main(argv=None):
     builder = getattr(applications, args.builder)
     model = builder(input_shape=x_train.shape[1:], width=args.width, classes=len(dataset.class_names),
                     classifier_activation=None, fusion=args.fusion)
+    # Short runs: BN moving averages must catch up within a few hundred steps.
+    pipeline.set_bn_momentum(model, 0.9)
     model.compile(
         optimizer=keras.optimizers.Adam(2e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -122,3 +122,22 @@ def test_plots_without_latency(tmp_path):
     report.plot(results, str(tmp_path / "a.png"), str(tmp_path / "b.png"))
     assert (tmp_path / "a.png").read_bytes().startswith(PNG_SIGNATURE)
     assert (tmp_path / "b.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_set_bn_momentum_caps_every_batch_norm():
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, weights=None, classes=10)
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(norms) == 52 and {l.momentum for l in norms} == {0.999}
+    pipeline.set_bn_momentum(model, 0.9)
+    assert {l.momentum for l in norms} == {0.9}
+    small = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.5)])
+    pipeline.set_bn_momentum(small, 0.9)
+    assert small.layers[0].momentum == 0.5
+    # The moving mean follows the data within a few steps at 0.9 (it would stay near 0 at 0.999).
+    x = np.full((8, 4), 5.0, np.float32)
+    model2 = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.999)])
+    pipeline.set_bn_momentum(model2, 0.9)
+    model2.compile("sgd", "mse")
+    for _ in range(30):
+        model2.train_on_batch(x, x)
+    assert np.allclose(model2.layers[0].moving_mean.numpy(), 5.0 * (1 - 0.9**30), rtol=1e-3)

@@ -50,6 +50,7 @@ class Settings:
     qat_epochs: int = 1
     batch_size: int = 64
     learning_rate: float = 2e-3
+    bn_momentum: float = 0.9  # see set_bn_momentum
     image_size: int = 32
     calibration_images: int = 200
     verify_images: int = 100
@@ -119,6 +120,23 @@ def build_model(candidate, input_shape, classes):
         name=candidate.name.replace(".", "_").replace("-", "_"),
         **dict(candidate.options),
     )
+
+
+def set_bn_momentum(model, momentum):
+    """Caps the moving-average momentum of every BatchNormalization layer of `model`.
+
+    keras.applications' MobileNetV2 uses 0.999, tuned for long ImageNet runs:
+    after the few hundred steps of a short run its moving statistics are still
+    mostly their initial values and the model predicts one class at inference.
+    Momentum only changes the moving averages, not the training steps. Call it
+    before the first training step (graph functions read it when traced).
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, momentum)
+    return model
 
 
 def count_macs(model):
@@ -248,6 +266,7 @@ class Demo:
 
         keras.utils.set_random_seed(self.settings.seed)
         model = build_model(candidate, self.x_train.shape[1:], self.classes)
+        set_bn_momentum(model, self.settings.bn_momentum)
         model.compile(
             optimizer=keras.optimizers.Adam(self.settings.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
