@@ -47,7 +47,9 @@ class Settings:
     train_per_class: int = None  # None: all training images
     test_per_class: int = None
     epochs: int = 3
-    qat_epochs: int = 1
+    # QAT is opt-in (--qat-epochs 1): on MobileNetV2 its epoch costs several float epochs here, and its
+    # int8 conversion still fails ("representative_dataset must be specified"); see the notes it prints.
+    qat_epochs: int = 0
     batch_size: int = 64
     learning_rate: float = 2e-3
     bn_momentum: float = 0.9  # see set_bn_momentum
@@ -78,11 +80,10 @@ def settings_for(mode, **overrides):
                         benchmark_runs=3, run_eagerly=True)
     elif mode == "quick":
         base = Settings("quick", bft_widths=(1.0,), twin_widths=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
-                        frontier_twins=False, train_per_class=400, test_per_class=100, epochs=3,
-                        qat_epochs=1)
+                        frontier_twins=False, train_per_class=400, test_per_class=100, epochs=3)
     elif mode == "full":
         base = Settings("full", bft_widths=(1.0, 1.4, 2.0), twin_widths=(0.35, 0.5, 0.75),
-                        frontier_twins=True, epochs=8, qat_epochs=1, benchmark_runs=100)
+                        frontier_twins=True, epochs=8, benchmark_runs=100)
     else:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
     fields = {f.name for f in dataclasses.fields(Settings)}
@@ -316,8 +317,9 @@ class Demo:
             for _ in range(2):
                 model.train_on_batch(xb, yb)
             per_step = (time.perf_counter() - start) / 2
-            # QAT steps cost about twice a float step; export, calibration and benchmark ~30 s a model.
-            total += per_step * steps * (s.epochs + 2 * s.qat_epochs) + 30
+            # A QAT epoch of MobileNetV2-BFT took >6 float epochs here (fake-quant grouped-conv stages);
+            # export, LiteRT scoring and benchmark ~30 s a model.
+            total += per_step * steps * (s.epochs + 6 * s.qat_epochs) + 30
         return total
 
     # -- stages -------------------------------------------------------------
@@ -421,7 +423,7 @@ class Demo:
                 self.notes.append("skipped: " + why)
         if quantize_model is not None and s.qat_epochs == 0:
             quantize_model = None
-            self.notes.append(f"skipped: quantization-aware training (qat_epochs=0 in the {s.mode} settings)")
+            self.notes.append("skipped: quantization-aware training (off by default; --qat-epochs 1 turns it on)")
 
         paths = {}
         for i, (c, model, macs, twin) in enumerate(plan):
