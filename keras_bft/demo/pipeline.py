@@ -390,6 +390,9 @@ class Demo:
         parent = os.path.dirname(os.path.abspath(self.output_dir)) or "."
         os.makedirs(parent, exist_ok=True)
         self.tmp_dir = tempfile.mkdtemp(prefix=".keras-bft-demo-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
         try:
             os.makedirs(os.path.join(self.tmp_dir, "models"))
             self._run()
