@@ -230,11 +230,12 @@ class Result:
 class Demo:
     """Runs the demo: `Demo(settings, dataset, output_dir).run()`; results in `self.results`."""
 
-    def __init__(self, settings, dataset, output_dir, log=print):
+    def __init__(self, settings, dataset, output_dir, log=None):
         self.settings = settings
         self.dataset = dataset
         self.output_dir = output_dir
-        self.log = log
+        # Flushed: the lines must interleave with Keras' progress output when piped to a file.
+        self.log = log or (lambda *args: print(*args, flush=True))
         self.results = []
         self.notes = []  # pipeline-wide notes (skipped stages and why)
 
