@@ -98,7 +98,7 @@ def _product(values):
     return out
 
 
-def _is_int(value):
+def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -110,7 +110,7 @@ def _check_radices(radices):
                 f"Received: radices={shown!r}"
             )
         r = tuple(r)
-        if not r or not all(_is_int(v) and v >= 2 for v in r):
+        if not r or not all(is_int(v) and v >= 2 for v in r):
             raise ValueError(
                 "`radices` must be a list of integers >= 2 or a dict {channels: list}. "
                 f"Received: radices={shown!r}"
@@ -123,7 +123,7 @@ def _check_radices(radices):
         out = {}
         for channels, r in radices.items():
             r = check_list(r, radices)
-            if not _is_int(channels) or _product(r) != channels:
+            if not is_int(channels) or _product(r) != channels:
                 raise ValueError(
                     "Each entry of a `radices` dict maps a channel count to radices whose "
                     f"product is that count. Received: radices={radices!r}"
@@ -137,9 +137,9 @@ def fusion_spec(fusion, butterfly_k=4, radices=None, num_stages=None):
     """Validates the fusion arguments of a builder and returns a `FusionSpec`."""
     if fusion not in FUSIONS:
         raise ValueError(f"`fusion` must be one of {FUSIONS}. Received: fusion={fusion!r}")
-    if not _is_int(butterfly_k) or butterfly_k < 2:
+    if not is_int(butterfly_k) or butterfly_k < 2:
         raise ValueError(f"`butterfly_k` must be an integer >= 2. Received: butterfly_k={butterfly_k!r}")
-    if num_stages is not None and (not _is_int(num_stages) or num_stages < 1):
+    if num_stages is not None and (not is_int(num_stages) or num_stages < 1):
         raise ValueError(f"`num_stages` must be a positive integer. Received: num_stages={num_stages!r}")
     radices = _check_radices(radices)
     if radices is not None and num_stages is not None and not isinstance(radices, dict):
@@ -178,7 +178,7 @@ def check_common_args(width, alpha, include_top, weights, pooling, classes):
             raise ValueError(f"`weights` is not an existing file. Received: weights={weights!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if not _is_int(classes) or classes < 1:
+    if not is_int(classes) or classes < 1:
         raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
     return float(width)
 
@@ -213,7 +213,8 @@ def image_input(input_shape, input_tensor, default_size, min_size=32):
             f"Received: input_shape={input_shape!r}"
         )
     if input_tensor is not None:
-        return input_tensor, keras.utils.get_source_inputs(input_tensor), rows
+        sources = keras.utils.get_source_inputs(input_tensor)
+        return input_tensor, sources[0] if len(sources) == 1 else sources, rows
     tensor = layers.Input(shape=input_shape)
     return tensor, tensor, rows
 

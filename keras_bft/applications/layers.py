@@ -110,7 +110,7 @@ class ChannelShuffle(keras.layers.Layer):
     Example:
 
     >>> x = np.arange(6, dtype="float32").reshape(1, 1, 1, 6)
-    >>> ChannelShuffle(groups=2)(x).numpy().ravel().tolist()
+    >>> keras.ops.convert_to_numpy(ChannelShuffle(groups=2)(x)).ravel().tolist()
     [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
     """
 

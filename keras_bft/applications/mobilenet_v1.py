@@ -66,7 +66,7 @@ def MobileNetV1BFT(
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
     spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages)
-    if not blocks._is_int(depth_multiplier) or depth_multiplier < 1:
+    if not blocks.is_int(depth_multiplier) or depth_multiplier < 1:
         raise ValueError(
             f"`depth_multiplier` must be a positive integer. Received: depth_multiplier={depth_multiplier!r}"
         )

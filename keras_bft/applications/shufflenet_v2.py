@@ -8,7 +8,7 @@ downsampling units) and by default the last 1x1 conv `conv5` (464 -> 1024 at
 registered layers `ChannelSplit` and `ChannelShuffle`.
 
 keras.applications has no ShuffleNetV2; with `fusion="pointwise"` this is the
-network of the paper's table 5 (Conv 3x3/2 24, MaxPool 3x3/2, stages of 4/8/4
+network of the paper's architecture table (Conv 3x3/2 24, MaxPool 3x3/2, stages of 4/8/4
 units, Conv 1x1, global pool, FC), whose parameter and FLOP counts the tests
 hold it to. Widths 0.5/1.0/1.5/2.0 use the paper's channel table; other widths
 scale the 1.0x channels (116/232/464) and round them to even numbers, with
