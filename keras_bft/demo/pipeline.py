@@ -156,8 +156,7 @@ def litert_predict(tflite_model, x):
 
     Batch 1, as exported (static shapes); integer interfaces are (de)quantized.
     """
-    verify_lib = importlib.import_module("keras_bft.tflite.verify")  # the package re-exports a function of that name
-    outputs = verify_lib._run_litert(bytes(tflite_model), verify_lib._as_samples(x))
+    outputs = importlib.import_module("keras_bft.tflite").predict(bytes(tflite_model), x)
     return np.concatenate([out[0].reshape(1, -1) for out in outputs])
 
 
