@@ -12,6 +12,24 @@ from keras_bft.ops import plans
 _DATA_FORMATS = ("channels_last", "channels_first")
 
 
+def fuse_channels(inputs, kernels, plan, residual, lowering, bias, activation, channels_first):
+    """The layer's forward pass given its stage kernels: transform, bias, activation.
+
+    Shared by `ButterflyFusion` and the exporter's `ButterflyStages`, which
+    differ only in where their kernels come from.
+    """
+    if channels_first:
+        inputs = ops.moveaxis(inputs, 1, -1)
+    outputs = lowering_lib.butterfly_transform(inputs, kernels, plan, residual, lowering)
+    if bias is not None:
+        outputs = outputs + bias
+    if activation is not None:
+        outputs = activation(outputs)
+    if channels_first:
+        outputs = ops.moveaxis(outputs, -1, 1)
+    return outputs
+
+
 @keras.saving.register_keras_serializable(package="keras_bft")
 class ButterflyFusion(keras.layers.Layer):
     """Channel fusion by a butterfly transform: O(n log n) in place of a 1x1 conv or Dense.
@@ -216,22 +234,15 @@ class ButterflyFusion(keras.layers.Layer):
 
     def call(self, inputs):
         channels_first = self._channel_axis(len(inputs.shape)) == 1
-        if channels_first:
-            inputs = ops.moveaxis(inputs, 1, -1)
         kernels, plan = list(self.kernels), self.plan
         if self.merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.merge_stages)
         lowering = (
             lowering_lib.default_lowering(plan) if self.lowering == "auto" else self.lowering
         )
-        outputs = lowering_lib.butterfly_transform(inputs, kernels, plan, self.residual, lowering)
-        if self.bias is not None:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        if channels_first:
-            outputs = ops.moveaxis(outputs, -1, 1)
-        return outputs
+        return fuse_channels(
+            inputs, kernels, plan, self.residual, lowering, self.bias, self.activation, channels_first
+        )
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)

@@ -7,5 +7,6 @@ from keras_bft.tflite.graph import op_histogram
 from keras_bft.tflite.rewrite import choose_lowering
 from keras_bft.tflite.rewrite import prepare_for_export
 from keras_bft.tflite.verify import fully_delegated
+from keras_bft.tflite.verify import predict
 from keras_bft.tflite.verify import verify
 from keras_bft.tflite.benchmark import to_markdown as benchmark_markdown

@@ -105,6 +105,18 @@ def _builtin_set(converter, quantization):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
 
+def _qat_float_ops(tflite_model, io_type):
+    """Ops of a converted QAT model that run in float (QUANTIZE/DEQUANTIZE at float I/O excepted)."""
+    boundary = ("QUANTIZE", "DEQUANTIZE") if io_type == "float32" else ()
+    return sorted(
+        {
+            name
+            for name, dtype in graph.operators(tflite_model)
+            if dtype == "float32" and name not in boundary
+        }
+    )
+
+
 def _check_float_ops(tflite_model, float_ops):
     """Names of ops of `float_ops` that came out quantized."""
     return sorted(
@@ -279,7 +291,11 @@ def convert(
         if quantization == "int8":
             if dataset is not None:
                 converter.representative_dataset = dataset
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            # Else a QAT model: TF 2.21 rejects TFLITE_BUILTINS_INT8 without a
+            # representative dataset even for fake-quant graphs (its metrics hook
+            # validates before it sees the graph). The fake-quant ranges make the
+            # ops int8 anyway; `_qat_float_ops` checks it below.
             io_dtype = tf.int8 if io_type == "int8" else tf.float32
             converter.inference_input_type = io_dtype
             converter.inference_output_type = io_dtype
@@ -289,6 +305,18 @@ def convert(
         tflite_model = make_converter().convert()
     except Exception as error:  # the converter raises several error types
         _fail_unconvertible(error, export_model, function=function)
+
+    if quantization == "int8" and dataset is None:
+        left = _qat_float_ops(tflite_model, io_type)
+        if left:
+            _fail_unconvertible(
+                None,
+                export_model,
+                detail=(
+                    f"ops {left} stayed in float: the quantization-aware model lacks fake-quant "
+                    "ranges there (build it with keras_bft.quantization.quantize_model)"
+                ),
+            )
 
     if quantization == "int8" and float_ops:
         stuck = _check_float_ops(tflite_model, set(float_ops))

@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.layers.butterfly_fusion import fuse_channels
 from keras_bft.ops import lowering as lowering_lib
 from keras_bft.ops import plans
 
@@ -228,18 +229,10 @@ class ButterflyStages(keras.layers.Layer):
 
     def call(self, inputs):
         channels_first = self.data_format == "channels_first" and len(inputs.shape) >= 3
-        if channels_first:
-            inputs = ops.moveaxis(inputs, 1, -1)
-        outputs = lowering_lib.butterfly_transform(
-            inputs, list(self.kernels), self.plan, self.residual, self.lowering
+        return fuse_channels(
+            inputs, list(self.kernels), self.plan, self.residual, self.lowering,
+            self.bias, self.activation, channels_first,
         )
-        if self.bias is not None:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        if channels_first:
-            outputs = ops.moveaxis(outputs, -1, 1)
-        return outputs
 
     def get_config(self):
         config = super().get_config()

@@ -117,6 +117,22 @@ def _invoke_all(interpreter, samples):
     return results
 
 
+def predict(tflite_model, sample_inputs):
+    """Runs a .tflite model (bytes or path) in LiteRT on each sample, batch 1 as exported.
+
+    Args:
+        tflite_model: the model's bytes or a path to it.
+        sample_inputs: an array whose first axis lists the samples, or a list
+            of samples (each an array, or a list of arrays for multi-input
+            models).
+
+    Returns:
+        One list of float32 output arrays per sample; integer interfaces are
+        (de)quantized with the model's own scales.
+    """
+    return _run_litert(graph.read_bytes(tflite_model), _as_samples(sample_inputs))
+
+
 def _as_samples(sample_inputs):
     """A list of samples, each a list of arrays with batch axis 1."""
     if isinstance(sample_inputs, np.ndarray):

@@ -1,0 +1,498 @@
+"""The demo pipeline: train BFT models and their pointwise twins, quantize, export, verify, benchmark.
+
+Every stage that needs a part of keras-bft that is not importable (builders,
+exporter, QAT) is skipped with a note that says so; the report prints the
+notes, so a missing piece never looks like a result.
+"""
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from keras_bft.demo import data as data_lib
+
+MODES = ("tiny", "quick", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One model of the comparison: a builder family, a fusion and a width."""
+
+    family: str
+    fusion: str
+    width: float
+    options: tuple = ()  # extra builder keyword arguments, as (name, value) pairs
+
+    @property
+    def name(self):
+        fusion = "BFT" if self.fusion == "butterfly" else "pointwise"
+        return f"{self.family}-{fusion}-{self.width:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How much the demo trains. `MODES` name the presets (see `settings_for`)."""
+
+    mode: str
+    bft_widths: tuple
+    twin_widths: tuple  # searched for the cheapest twin with MACs >= each BFT model
+    frontier_twins: bool  # train every twin width (frontier) or only the matched twin(s)
+    family: str = "MobileNetV2"
+    train_per_class: int = None  # None: all training images
+    test_per_class: int = None
+    epochs: int = 3
+    # QAT is opt-in (--qat-epochs 1): on MobileNetV2 its epoch costs several float epochs here, and its
+    # int8 conversion still fails ("representative_dataset must be specified"); see the notes it prints.
+    qat_epochs: int = 0
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    bn_momentum: float = 0.9  # see set_bn_momentum
+    image_size: int = 32
+    calibration_images: int = 200
+    verify_images: int = 100
+    benchmark_runs: int = 50
+    run_eagerly: bool = False  # tiny runs: a few eager steps beat a ~30 s graph trace
+    seed: int = 0
+
+
+def settings_for(mode, **overrides):
+    """The preset `Settings` of a mode, with optional field overrides.
+
+    Args:
+        mode: `"tiny"` (tests: seconds), `"quick"` (the default: minutes on a
+            2-core laptop) or `"full"` (all of Fashion-MNIST, several widths of
+            each fusion).
+        **overrides: `Settings` fields to change.
+
+    Returns:
+        A `Settings`.
+    """
+    if mode == "tiny":
+        base = Settings("tiny", bft_widths=(0.5,), twin_widths=(0.35, 0.5),
+                        frontier_twins=False, train_per_class=20, test_per_class=10, epochs=1,
+                        qat_epochs=0, batch_size=32, calibration_images=16, verify_images=16,
+                        benchmark_runs=3, run_eagerly=True)
+    elif mode == "quick":
+        base = Settings("quick", bft_widths=(1.0,), twin_widths=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+                        frontier_twins=False, train_per_class=400, test_per_class=100, epochs=3)
+    elif mode == "full":
+        base = Settings("full", bft_widths=(1.0, 1.4, 2.0), twin_widths=(0.35, 0.5, 0.75),
+                        frontier_twins=True, epochs=8, benchmark_runs=100)
+    else:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown settings {unknown}. Received: overrides={overrides!r}")
+    return dataclasses.replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------
+# Optional pieces: imported when used, so each can be missing independently.
+
+
+def _optional(module, attr):
+    """`module.attr`, or (None, reason) when it cannot be imported."""
+    try:
+        return getattr(importlib.import_module(module), attr), None
+    except (ImportError, AttributeError) as e:
+        return None, f"{module}.{attr} is not available ({type(e).__name__}: {e})"
+
+
+def build_model(candidate, input_shape, classes):
+    """Builds a candidate with keras_bft.applications (logits out: int8 SOFTMAX is not XNNPACK-delegated)."""
+    builder, reason = _optional("keras_bft.applications", candidate.family + "BFT")
+    if builder is None:
+        raise RuntimeError(reason)
+    return builder(
+        input_shape=input_shape,
+        width=candidate.width,
+        include_top=True,
+        weights=None,
+        classes=classes,
+        classifier_activation=None,
+        fusion=candidate.fusion,
+        name=candidate.name.replace(".", "_").replace("-", "_"),
+        **dict(candidate.options),
+    )
+
+
+def set_bn_momentum(model, momentum):
+    """Caps the moving-average momentum of every BatchNormalization layer of `model`.
+
+    keras.applications' MobileNetV2 uses 0.999, tuned for long ImageNet runs:
+    after the few hundred steps of a short run its moving statistics are still
+    mostly their initial values and the model predicts one class at inference.
+    Momentum only changes the moving averages, not the training steps. Call it
+    before the first training step (graph functions read it when traced).
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, momentum)
+    return model
+
+
+def count_macs(model):
+    fn, reason = _optional("keras_bft.utils", "count_macs")
+    if fn is None:
+        raise RuntimeError(reason)
+    return int(fn(model))
+
+
+# ---------------------------------------------------------------------------
+# LiteRT inference, for int8 accuracy on the whole test set.
+
+
+def litert_predict(tflite_model, x):
+    """Runs a .tflite model on each image of `x` in the LiteRT interpreter; returns the stacked outputs.
+
+    Batch 1, as exported (static shapes); integer interfaces are (de)quantized.
+    """
+    outputs = importlib.import_module("keras_bft.tflite").predict(bytes(tflite_model), x)
+    return np.concatenate([out[0].reshape(1, -1) for out in outputs])
+
+
+def _predict(model, x, batch_size=250):
+    """model.predict in equal batches (the last one padded), so the predict step is traced once."""
+    batch_size = min(batch_size, len(x))
+    pad = -len(x) % batch_size
+    padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    return model.predict(padded, batch_size=batch_size, verbose=0)[:len(x)]
+
+
+def _accuracy(logits, labels):
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+# ---------------------------------------------------------------------------
+# Output folder: refuse to clobber; write into a temp sibling and rename at the end.
+
+
+def check_output_dir(output_dir, force):
+    """Raises ValueError if `output_dir` exists and is non-empty (or is a file) without `force`."""
+    if os.path.isfile(output_dir):
+        raise ValueError(f"`output_dir` is a file. Received: output_dir={output_dir!r}")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not force:
+        raise ValueError(
+            "`output_dir` exists and is not empty; pass --force to replace it. "
+            f"Received: output_dir={output_dir!r}"
+        )
+
+
+def default_output_dir(mode):
+    return os.path.abspath(f"keras-bft-demo-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _publish(tmp_dir, output_dir):
+    if os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp_dir, output_dir)
+
+
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)  # identity: results key dicts
+class Result:
+    """Everything measured about one candidate (None: not measured; see `notes`)."""
+
+    name: str
+    family: str
+    fusion: str
+    width: float
+    params: int = None
+    macs: int = None
+    float_acc: float = None
+    ptq_acc: float = None
+    qat_acc: float = None
+    float_tflite_acc: float = None
+    int8_size: int = None
+    int8_model: str = None  # file name in the output folder
+    qat_size: int = None
+    ptq_parity: dict = None
+    qat_parity: dict = None
+    latency_ms: dict = None  # {threads: median ms} of the int8 (PTQ) model
+    latency_p90_ms: dict = None
+    twin: str = None  # name of the matched pointwise twin (BFT rows)
+    train_seconds: float = None
+    notes: list = dataclasses.field(default_factory=list)
+
+
+class Demo:
+    """Runs the demo: `Demo(settings, dataset, output_dir).run()`; results in `self.results`."""
+
+    def __init__(self, settings, dataset, output_dir, log=None):
+        self.settings = settings
+        self.dataset = dataset
+        self.output_dir = output_dir
+        # Flushed: the lines must interleave with Keras' progress output when piped to a file.
+        self.log = log or (lambda *args: print(*args, flush=True))
+        self.results = []
+        self.notes = []  # pipeline-wide notes (skipped stages and why)
+
+    # -- data ---------------------------------------------------------------
+
+    def _prepare_data(self):
+        s, ds = self.settings, self.dataset
+        x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+        if s.train_per_class:
+            idx = data_lib.stratified_indices(y_train, s.train_per_class, seed=s.seed)
+            x_train, y_train = x_train[idx], y_train[idx]
+        # Whole batches only: a smaller last batch would trace the train step a second time.
+        keep = np.random.default_rng(s.seed).permutation(len(x_train))
+        keep = keep[:max(len(keep) // s.batch_size, 1) * s.batch_size]
+        x_train, y_train = x_train[keep], y_train[keep]
+        if s.test_per_class:
+            idx = data_lib.stratified_indices(y_test, s.test_per_class, seed=s.seed + 1)
+            x_test, y_test = x_test[idx], y_test[idx]
+        self.x_train = data_lib.prepare_images(x_train, s.image_size)
+        self.x_test = data_lib.prepare_images(x_test, s.image_size)
+        self.y_train, self.y_test = y_train, y_test
+        self.classes = len(ds.class_names)
+        self.log(f"Training on {len(self.x_train)} images, testing on {len(self.x_test)} "
+                 f"({s.image_size}x{s.image_size}x{self.x_train.shape[-1]}).")
+
+    # -- models -------------------------------------------------------------
+
+    def _build(self, candidate):
+        import keras
+
+        keras.utils.set_random_seed(self.settings.seed)
+        model = build_model(candidate, self.x_train.shape[1:], self.classes)
+        set_bn_momentum(model, self.settings.bn_momentum)
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.settings.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            run_eagerly=self.settings.run_eagerly,
+        )
+        return model
+
+    def _plan_candidates(self):
+        """Builds every candidate model; picks each BFT model's twin: the cheapest pointwise width with MACs >= its."""
+        s = self.settings
+        twins = {}
+        for width in s.twin_widths:
+            c = Candidate(s.family, "pointwise", width)
+            model = self._build(c)
+            twins[c] = (model, count_macs(model))
+        plan = []
+        chosen_twins = set()
+        for width in s.bft_widths:
+            c = Candidate(s.family, "butterfly", width)
+            model = self._build(c)
+            macs = count_macs(model)
+            matched = [t for t, (_, m) in twins.items() if m >= macs]
+            twin = min(matched, key=lambda t: twins[t][1]) if matched else None
+            if twin is None:
+                self.notes.append(
+                    f"{c.name} ({macs:,} MACs) has no pointwise twin with at least as many MACs "
+                    f"among widths {s.twin_widths}; compared with the largest."
+                )
+                twin = max(twins, key=lambda t: twins[t][1])
+            chosen_twins.add(twin)
+            plan.append((c, model, macs, twin.name))
+        for twin, (model, macs) in sorted(twins.items(), key=lambda kv: kv[1][1]):
+            if s.frontier_twins or twin in chosen_twins:
+                plan.append((twin, model, macs, None))
+        return plan
+
+    def _estimate_seconds(self, plan):
+        """Times a few training steps of each model, extrapolates to the whole run."""
+        s = self.settings
+        steps = -(-len(self.x_train) // s.batch_size)
+        total = 0.0
+        for _, model, _, _ in plan:
+            xb, yb = self.x_train[:s.batch_size], self.y_train[:s.batch_size]
+            model.train_on_batch(xb, yb)  # traces the train step
+            start = time.perf_counter()
+            for _ in range(2):
+                model.train_on_batch(xb, yb)
+            per_step = (time.perf_counter() - start) / 2
+            # A QAT epoch of MobileNetV2-BFT took >6 float epochs here (fake-quant grouped-conv stages);
+            # export, LiteRT scoring and benchmark ~30 s a model.
+            total += per_step * steps * (s.epochs + 6 * s.qat_epochs) + 30
+        return total
+
+    # -- stages -------------------------------------------------------------
+
+    def _train(self, model, result):
+        s = self.settings
+        start = time.perf_counter()
+        model.fit(self.x_train, self.y_train, batch_size=s.batch_size, epochs=s.epochs,
+                  shuffle=True, verbose=1 if self._interactive else 2)
+        result.train_seconds = time.perf_counter() - start
+        result.float_acc = _accuracy(_predict(model, self.x_test), self.y_test)
+
+    def _export(self, model, result, convert, verify):
+        s = self.settings
+        calib = self.x_train[:s.calibration_images]
+        int8 = convert(model, quantization="int8", representative_data=calib)
+        path = os.path.join(self.tmp_dir, "models", result.name + "-int8.tflite")
+        with open(path, "wb") as f:
+            f.write(int8)
+        result.int8_model = os.path.relpath(path, self.tmp_dir)
+        result.int8_size = len(int8)
+        result.ptq_acc = _accuracy(litert_predict(int8, self.x_test), self.y_test)
+        if verify is not None:
+            result.ptq_parity = _parity(verify(int8, model, self.x_test[:s.verify_images],
+                                               quantization="int8", on_failure="warn"))
+        return path
+
+    def _qat(self, qmodel, result, convert, verify):
+        import keras
+
+        s = self.settings
+        qmodel.compile(
+            optimizer=keras.optimizers.Adam(s.learning_rate / 10),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            run_eagerly=s.run_eagerly,
+        )
+        qmodel.fit(self.x_train, self.y_train, batch_size=s.batch_size, epochs=s.qat_epochs,
+                   shuffle=True, verbose=1 if self._interactive else 2)
+        int8 = convert(qmodel, quantization="int8")
+        path = os.path.join(self.tmp_dir, "models", result.name + "-qat-int8.tflite")
+        with open(path, "wb") as f:
+            f.write(int8)
+        result.qat_size = len(int8)
+        result.qat_acc = _accuracy(litert_predict(int8, self.x_test), self.y_test)
+        if verify is not None:
+            result.qat_parity = _parity(verify(int8, qmodel, self.x_test[:s.verify_images],
+                                               quantization="int8", on_failure="warn"))
+
+    def _benchmark(self, paths, benchmark):
+        results = list(paths)
+        rows = benchmark([paths[r] for r in results], threads=(1, 2),
+                         num_runs=self.settings.benchmark_runs, names=[r.name for r in results],
+                         verbose=1 if self._interactive else 0)
+        by_name = {r.name: r for r in results}
+        for row in rows:
+            result, threads = by_name[row["name"]], int(row["threads"])
+            result.latency_ms = {**(result.latency_ms or {}), threads: float(row["median_ms"])}
+            result.latency_p90_ms = {**(result.latency_p90_ms or {}), threads: float(row["p90_ms"])}
+            if not row["fully_accelerated"] and threads == 1:
+                result.notes.append("int8 model NOT fully delegated to XNNPACK (LiteRT benchmark tool)")
+
+    # -- driver -------------------------------------------------------------
+
+    def run(self, interactive=True):
+        self._interactive = interactive
+        s = self.settings
+        parent = os.path.dirname(os.path.abspath(self.output_dir)) or "."
+        os.makedirs(parent, exist_ok=True)
+        self.tmp_dir = tempfile.mkdtemp(prefix=".keras-bft-demo-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+        try:
+            os.makedirs(os.path.join(self.tmp_dir, "models"))
+            self._run()
+            from keras_bft.demo import report
+
+            report.write_report(self, self.tmp_dir)
+            _publish(self.tmp_dir, self.output_dir)
+        finally:
+            if os.path.isdir(self.tmp_dir):
+                shutil.rmtree(self.tmp_dir)
+        return self.results
+
+    def _run(self):
+        s = self.settings
+        self._prepare_data()
+        plan = self._plan_candidates()
+        self.log("Models (BFT and the cheapest pointwise twin with at least its MACs):")
+        for c, model, macs, twin in plan:
+            self.log(f"  {c.name:<28} {model.count_params():>10,} params {macs:>12,} MACs"
+                     + (f"  twin: {twin}" if twin else ""))
+        estimate = self._estimate_seconds(plan)
+        self.log(f"Expected duration: about {_minutes(estimate)} on this machine "
+                 f"({len(plan)} models x {s.epochs} epochs + {s.qat_epochs} QAT epoch(s)).")
+
+        convert, why_convert = _optional("keras_bft.tflite", "convert")
+        verify, why_verify = _optional("keras_bft.tflite", "verify")
+        benchmark, why_bench = _optional("keras_bft.tflite", "benchmark")
+        quantize_model, why_qat = _optional("keras_bft.quantization", "quantize_model")
+        for why in (why_convert, why_verify, why_bench, why_qat):
+            if why:
+                self.notes.append("skipped: " + why)
+        if quantize_model is not None and s.qat_epochs == 0:
+            quantize_model = None
+            self.notes.append("skipped: quantization-aware training (off by default; --qat-epochs 1 turns it on)")
+
+        paths = {}
+        for i, (c, model, macs, twin) in enumerate(plan):
+            result = Result(c.name, c.family, c.fusion, c.width, params=model.count_params(),
+                            macs=macs, twin=twin)
+            self.results.append(result)
+            self.log(f"[{i + 1}/{len(plan)}] {c.name}: training {s.epochs} epoch(s)")
+            self._train(model, result)
+            self.log(f"  float accuracy {result.float_acc:.4f}")
+            if convert is None:
+                continue
+            qmodel = None
+            if quantize_model is not None and s.qat_epochs > 0:
+                # Before any export: the exporter calls the model's layers on new inputs, and
+                # quantize_model refuses layers with several call sites.
+                try:
+                    qmodel = quantize_model(model, calibration_data=self.x_train[:s.calibration_images])
+                except Exception as e:
+                    result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
+                    self.log("  " + result.notes[-1])
+            try:
+                paths[result] = self._export(model, result, convert, verify)
+                self.log(f"  int8 (PTQ) accuracy {result.ptq_acc:.4f}, {result.int8_size / 1024:.0f} KiB")
+            except Exception as e:  # Report the failure in the table; keep the other models going.
+                result.notes.append(f"int8 export failed: {type(e).__name__}: {e}")
+                self.log("  " + result.notes[-1])
+            if qmodel is not None:
+                try:
+                    self.log(f"  quantization-aware training, {s.qat_epochs} epoch(s)")
+                    self._qat(qmodel, result, convert, verify)
+                    self.log(f"  int8 (QAT) accuracy {result.qat_acc:.4f}")
+                except Exception as e:
+                    result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
+                    self.log("  " + result.notes[-1])
+        if benchmark is not None and paths:
+            self.log("Benchmarking the int8 models in LiteRT (1 and 2 threads)...")
+            log = os.path.join(self.tmp_dir, "litert.log")
+            try:
+                with _native_stderr_to(log):  # the runtime's own logging, kept in litert.log
+                    self._benchmark(paths, benchmark)
+            except Exception as e:
+                self.notes.append(f"benchmark failed: {type(e).__name__}: {e}")
+                self.log(self.notes[-1])
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path):
+    """Sends file descriptor 2 (LiteRT's C++ INFO logging) to `path` for the duration."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _parity(report):
+    keys = ("max_rel_error", "top1_agreement", "snr_db", "fully_delegated")
+    return {k: getattr(report, k, None) for k in keys}
+
+
+def _minutes(seconds):
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

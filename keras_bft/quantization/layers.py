@@ -1,0 +1,530 @@
+"""Fake-quantized layers that `quantize_model` builds: each runs the ops of its int8 TFLite graph.
+
+Every layer puts a fake quant exactly where the converted model has an int8
+tensor, and nowhere else: after a conv and its folded batch norm and fused
+ReLU (TFLite fuses all three into one CONV_2D), after an ADD (with its fused
+ReLU), after each butterfly stage (a grouped CONV_2D each), and on the model's
+inputs. Ops that TFLite runs on their input's grid (RESHAPE, TRANSPOSE,
+MAX_POOL_2D, PAD, ...) get none.
+"""
+
+import keras
+from keras import ops
+
+from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.ops import lowering as lowering_lib
+from keras_bft.quantization import quantizers
+
+_FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+_LINEAR_TYPES = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.Dense,
+    ButterflyFusion,
+)
+
+
+def _check_ema_decay(ema_decay):
+    if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"`ema_decay` must be a float in [0, 1). Received: ema_decay={ema_decay!r}")
+    return float(ema_decay)
+
+
+def _apply_activation(x, activation):
+    if activation == "relu":
+        return ops.relu(x)
+    if activation == "relu6":
+        return ops.relu6(x)
+    return x
+
+
+def _check_fused_activation(activation):
+    activation = "linear" if activation is None else activation
+    if activation not in _FUSED_ACTIVATIONS:
+        raise ValueError(
+            f"`activation` must be one of {_FUSED_ACTIVATIONS} (the activations TFLite fuses "
+            f"into the op before it). Received: activation={activation!r}"
+        )
+    return activation
+
+
+class _QuantizedBase(keras.layers.Wrapper):
+    """Shared state: the EMA decay and the calibration switch (see `calibrate`)."""
+
+    def __init__(self, layer, ema_decay=0.99, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.ema_decay = _check_ema_decay(ema_decay)
+        # Set by `keras_bft.quantization.calibrate` around eager inference calls.
+        self._calibrating = False
+
+    def _range(self, name, fixed_range=None):
+        return quantizers.ActivationRange(self, name, self.ema_decay, fixed_range)
+
+    def get_config(self):
+        config = super().get_config()
+        config["ema_decay"] = self.ema_decay
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bft")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor per-tensor, asymmetric int8, with a learned range.
+
+    `quantize_model` puts one on each model input (the input QUANTIZE of the
+    int8 TFLite model takes its parameters from it). Usable on its own.
+
+    Args:
+        ema_decay: decay of the moving average of batch min/max in training.
+        fixed_range: optional `(min, max)` to use instead of a learned range.
+        **kwargs: base layer arguments (`name`, ...).
+
+    Example:
+
+    >>> q = ActivationQuantizer()
+    >>> y = q(np.linspace(-1, 1, 11, dtype="float32")[None], training=True)
+    >>> float(np.max(np.abs(np.asarray(y) - np.linspace(-1, 1, 11)))) < 1 / 255
+    True
+    """
+
+    def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
+        super().__init__(**kwargs)
+        self.ema_decay = _check_ema_decay(ema_decay)
+        if fixed_range is not None:
+            fixed_range = tuple(float(v) for v in fixed_range)
+            if len(fixed_range) != 2 or not fixed_range[0] <= 0.0 <= fixed_range[1] or fixed_range[0] == fixed_range[1]:
+                raise ValueError(
+                    "`fixed_range` must be (min, max) with min <= 0 <= max and min < max. "
+                    f"Received: fixed_range={fixed_range!r}"
+                )
+        self.fixed_range = fixed_range
+        self._calibrating = False
+
+    def build(self, input_shape):
+        self.output_range = quantizers.ActivationRange(self, "output", self.ema_decay, self.fixed_range)
+
+    def call(self, inputs, training=None):
+        return self.output_range(inputs, bool(training) or self._calibrating, self._calibrating)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"ema_decay": self.ema_decay, "fixed_range": self.fixed_range})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bft")
+class QuantizedOp(_QuantizedBase):
+    """Runs a weightless layer (Add, Concatenate, pooling, activation, ...) and fake-quantizes its output.
+
+    Args:
+        layer: the layer to run, e.g. `keras.layers.Add()`.
+        activation: `"linear"`, `"relu"` or `"relu6"`, applied after `layer`
+            (what TFLite fuses into an ADD/MUL/CONCATENATION's output).
+        quantize_output: whether to fake-quantize the output. False where the
+            converter gives the tensor its consumer's parameters (an input of a
+            CONCATENATION used by nothing else).
+        fixed_range: `(min, max)` where TFLite fixes the output range (softmax,
+            sigmoid, tanh); default: learned.
+        ema_decay: decay of the moving average of the output range.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(
+        self,
+        layer,
+        activation="linear",
+        quantize_output=True,
+        fixed_range=None,
+        ema_decay=0.99,
+        **kwargs,
+    ):
+        super().__init__(layer, ema_decay=ema_decay, **kwargs)
+        if layer.weights:
+            raise ValueError(
+                f"QuantizedOp wraps layers without weights. Received: layer={layer.name!r} "
+                f"({type(layer).__name__}) with {len(layer.weights)} weights"
+            )
+        self.activation = _check_fused_activation(activation)
+        self.quantize_output = bool(quantize_output)
+        self.fixed_range = None if fixed_range is None else tuple(float(v) for v in fixed_range)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._form = _decomposed_form(self.layer)
+        # Ops that TFLite runs as several int8 ops get a range per intermediate tensor.
+        if self._form in ("hard_swish", "rescaling"):
+            self.scaled_range = self._range("scaled")
+        if self._form in ("hard_swish", "hard_sigmoid"):
+            self.gate_range = self._range("gate")
+        self.output_range = self._range("output", self.fixed_range)
+
+    def _decomposed(self, x, update):
+        calibrating = self._calibrating
+        if self._form == "rescaling":
+            scaled = self.scaled_range(x * float(self.layer.scale), update, calibrating)
+            return scaled + float(self.layer.offset)
+        # relu6(x + 3): one ADD with a fused RELU6.
+        gate = self.gate_range(ops.relu6(x + 3.0), update, calibrating)
+        if self._form == "hard_sigmoid":
+            return gate * (1.0 / 6.0)
+        # hard-swish as (x / 6) * relu6(x + 3): MUL, ADD (+RELU6), MUL, the form
+        # keras_bft.tflite exports (XNNPACK lacks int8 HARD_SWISH).
+        return self.scaled_range(x * (1.0 / 6.0), update, calibrating) * gate
+
+    def call(self, inputs, training=None):
+        update = bool(training) or self._calibrating
+        if self._form is not None:
+            outputs = self._decomposed(inputs, update)
+        else:
+            outputs = self.layer(inputs)
+        outputs = _apply_activation(outputs, self.activation)
+        if self.quantize_output:
+            outputs = self.output_range(
+                outputs, bool(training) or self._calibrating, self._calibrating
+            )
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "activation": self.activation,
+                "quantize_output": self.quantize_output,
+                "fixed_range": self.fixed_range,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bft")
+class QuantizedLinear(_QuantizedBase):
+    """A Conv2D / DepthwiseConv2D / Dense / ButterflyFusion with its batch norm folded and int8 fake quantization.
+
+    Computes `activation(batch_norm(layer(x)))` the way the int8 TFLite model
+    will: the batch norm is folded into the kernel and bias, the folded kernel
+    is fake-quantized per output channel (symmetric, `[-127, 127]`), and the
+    output after the fused activation is fake-quantized per tensor. Dense runs
+    as a 1x1 CONV_2D (the converter keeps per-channel weights for CONV_2D; its
+    FULLY_CONNECTED path rejects per-channel fake quant). ButterflyFusion runs
+    its stages as grouped 1x1 convs, each stage's folded kernel quantized per
+    channel and each stage's output quantized (int8 tensors of the exported
+    graph); the residual branch is scaled by the batch norm (a 1x1 int8
+    DEPTHWISE_CONV_2D) and added (an int8 ADD with the fused activation).
+
+    Batch norm folding (Krishnamoorthi 2018, "Quantizing deep convolutional
+    networks for efficient inference", section 3.2): the kernel is always
+    folded with the *moving* standard deviation, so training and inference
+    quantize the same weights. In training the layer also runs the float
+    layer to get the batch statistics, updates the moving statistics like
+    `BatchNormalization`, multiplies the quantized output by
+    `moving_std / batch_std` and adds the batch-statistics bias, so the
+    result is batch-normalized; in inference the correction is 1 and the bias
+    uses the moving statistics: exactly the folded graph the converter emits.
+    A batch norm with `trainable=False` always runs in inference mode.
+
+    Args:
+        layer: a `Conv2D`, `DepthwiseConv2D`, `Dense` or `ButterflyFusion`
+            with linear activation and channels-last data.
+        batch_norm: optional `BatchNormalization` on the last axis that
+            follows `layer`; it is folded.
+        activation: `"linear"`, `"relu"` or `"relu6"` after the batch norm.
+        quantize_output: whether to fake-quantize the output (False where the
+            only consumer is a CONCATENATION, which sets the tensor's range).
+        ema_decay: decay of the moving averages of activation ranges.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(
+        self,
+        layer,
+        batch_norm=None,
+        activation="linear",
+        quantize_output=True,
+        ema_decay=0.99,
+        **kwargs,
+    ):
+        super().__init__(layer, ema_decay=ema_decay, **kwargs)
+        if not isinstance(layer, _LINEAR_TYPES):
+            raise ValueError(
+                "QuantizedLinear wraps Conv2D, DepthwiseConv2D, Dense or ButterflyFusion. "
+                f"Received: layer={layer.name!r} ({type(layer).__name__})"
+            )
+        if layer.activation is not keras.activations.linear:
+            raise ValueError(
+                "The wrapped layer must have a linear activation (pass the activation to "
+                f"QuantizedLinear). Received: layer={layer.name!r} with activation="
+                f"{keras.activations.serialize(layer.activation)!r}"
+            )
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(
+                "Quantized layers need channels_last data (TFLite runs NHWC). Received: "
+                f"layer={layer.name!r} with data_format={layer.data_format!r}"
+            )
+        if isinstance(batch_norm, dict):
+            batch_norm = keras.saving.deserialize_keras_object(batch_norm)
+        if batch_norm is not None:
+            if not isinstance(batch_norm, keras.layers.BatchNormalization):
+                raise ValueError(
+                    f"`batch_norm` must be a BatchNormalization layer. Received: batch_norm={batch_norm!r}"
+                )
+        self.batch_norm = batch_norm
+        self.activation = _check_fused_activation(activation)
+        self.quantize_output = bool(quantize_output)
+
+    # ----------------------------------------------------------------- build
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        rank = len(output_shape)
+        if self.batch_norm is not None:
+            axis = self.batch_norm.axis
+            axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+            if axis % rank != rank - 1:
+                raise ValueError(
+                    "The folded BatchNormalization must normalize the channel (last) axis. "
+                    f"Received: axis={self.batch_norm.axis!r} for output shape {output_shape}"
+                )
+            if not self.batch_norm.built:
+                self.batch_norm.build(output_shape)
+        self.stage_ranges = []
+        self.residual_range = None
+        if isinstance(self.layer, ButterflyFusion):
+            plan = self._butterfly_plan()
+            # Every stage output is an int8 tensor; without a residual the last
+            # stage's output is the layer's output.
+            inner = plan.num_stages if self.layer.residual else plan.num_stages - 1
+            self.stage_ranges = [self._range(f"stage_{i}") for i in range(inner)]
+            if self.layer.residual and self.batch_norm is not None:
+                self.residual_range = self._range("residual")
+        self.output_range = self._range("output")
+
+    def _butterfly_plan(self):
+        plan = self.layer.plan
+        if self.layer.merge_stages is not None:
+            plan = plan.merge(self.layer.merge_stages)
+        return plan
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # ------------------------------------------------------------------ call
+
+    def call(self, inputs, training=None):
+        update = bool(training) or self._calibrating
+        bn_training = bool(training) and self.batch_norm is not None and self.batch_norm.trainable
+        scale, correction, shift = self._fold(inputs, bn_training)
+        if isinstance(self.layer, ButterflyFusion):
+            outputs = self._butterfly(inputs, scale, correction, shift, update)
+        else:
+            outputs = self._quantized_linear(inputs, scale)
+            if correction is not None:
+                outputs = outputs * correction
+            if shift is not None:
+                outputs = outputs + shift
+            outputs = _apply_activation(outputs, self.activation)
+        if self.quantize_output:
+            outputs = self.output_range(outputs, update, self._calibrating)
+        return outputs
+
+    def _layer_bias(self):
+        return self.layer.bias if self.layer.use_bias else None
+
+    def _fold(self, inputs, bn_training):
+        """Per-channel (scale, correction, shift): output = quantized(x, W * scale) * correction + shift."""
+        bias = self._layer_bias()
+        bn = self.batch_norm
+        if bn is None:
+            return None, None, bias
+        moving_std = ops.sqrt(bn.moving_variance + bn.epsilon)
+        gamma = bn.gamma if bn.scale else ops.ones_like(moving_std)
+        beta = bn.beta if bn.center else ops.zeros_like(moving_std)
+        scale = gamma / moving_std
+        bias = ops.zeros_like(moving_std) if bias is None else bias
+        if not bn_training:
+            return scale, None, beta + scale * (bias - bn.moving_mean)
+        # The float layer's output gives the batch statistics (its bias included).
+        float_outputs = self.layer(inputs)
+        axes = tuple(range(len(float_outputs.shape) - 1))
+        mean, variance = ops.moments(float_outputs, axes=axes)
+        momentum = bn.momentum
+        bn.moving_mean.assign(bn.moving_mean * momentum + mean * (1.0 - momentum))
+        bn.moving_variance.assign(bn.moving_variance * momentum + variance * (1.0 - momentum))
+        batch_std = ops.sqrt(variance + bn.epsilon)
+        return scale, moving_std / batch_std, beta + gamma * (bias - mean) / batch_std
+
+    # --------------------------------------------------- conv / depthwise / dense
+
+    def _quantized_linear(self, inputs, scale):
+        layer = self.layer
+        kernel = layer.kernel
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, channels, multiplier = kernel.shape
+            flat = ops.reshape(kernel, (kh, kw, channels * multiplier))
+            if scale is not None:
+                flat = flat * scale
+            kernel = ops.reshape(quantizers.quantize_weights(flat), kernel.shape)
+            return ops.depthwise_conv(
+                inputs,
+                kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                data_format="channels_last",
+                dilation_rate=layer.dilation_rate,
+            )
+        if scale is not None:
+            kernel = kernel * scale
+        if isinstance(layer, keras.layers.Dense):
+            in_features, units = kernel.shape
+            kernel = quantizers.quantize_weights(ops.reshape(kernel, (1, 1, in_features, units)))
+            flat = ops.reshape(inputs, (-1, 1, 1, in_features))
+            outputs = ops.conv(flat, kernel, padding="valid")
+            return _restore_leading(outputs, inputs, units)
+        return ops.conv(
+            inputs,
+            quantizers.quantize_weights(kernel),
+            strides=layer.strides,
+            padding=layer.padding,
+            data_format="channels_last",
+            dilation_rate=layer.dilation_rate,
+        )
+
+    # ------------------------------------------------------------ butterfly
+
+    def _butterfly(self, inputs, scale, correction, shift, update):
+        layer = self.layer
+        kernels, plan = list(layer.kernels), layer.plan
+        if layer.merge_stages is not None:
+            kernels, plan = lowering_lib.merge_kernels(kernels, plan, layer.merge_stages)
+        in_channels, out_channels = plan.in_channels, plan.out_channels
+        x = inputs if len(inputs.shape) == 4 else ops.reshape(inputs, (-1, 1, 1, in_channels))
+        residual_source = x
+        if plan.padded_in > in_channels:
+            # Padded as a matrix: a Pad feeding the Conv2D directly is fused by
+            # TF's CPU graph optimizer into a (wrong) spatially padded conv.
+            height, width = x.shape[1], x.shape[2]
+            x = ops.pad(ops.reshape(x, (-1, in_channels)), ((0, 0), (0, plan.padded_in - in_channels)))
+            x = ops.reshape(x, (-1, height, width, plan.padded_in))
+        last = plan.num_stages - 1
+        for i, (kernel, stage) in enumerate(zip(kernels, plan.stages)):
+            groups, group_in, group_out = stage.kernel_shape
+            # Grouped 1x1 conv kernel: output channel g * group_out + e reads
+            # input channels g * group_in ... (g + 1) * group_in - 1.
+            conv_kernel = ops.reshape(
+                ops.transpose(kernel, (1, 0, 2)), (1, 1, group_in, groups * group_out)
+            )
+            if i == last and scale is not None:
+                conv_kernel = conv_kernel * _stage_order(scale, stage, 1.0)
+            x = _grouped_conv_1x1(x, quantizers.quantize_weights(conv_kernel))
+            if i == last:
+                if correction is not None:
+                    x = x * _stage_order(correction, stage, 1.0)
+                if shift is not None:
+                    x = x + _stage_order(shift, stage, 0.0)
+                if not layer.residual:
+                    # Elementwise, so it commutes with the shuffle below; here
+                    # TFLite fuses it into the CONV_2D.
+                    x = _apply_activation(x, self.activation)
+            if i < len(self.stage_ranges):
+                x = self.stage_ranges[i](x, update, self._calibrating)
+            x = _perfect_shuffle(x, groups, group_out)
+        if plan.padded_out > out_channels:
+            x = x[..., :out_channels]
+        if layer.residual:
+            residual = residual_source
+            if in_channels > out_channels:
+                residual = residual[..., :out_channels]
+            if scale is not None:
+                residual = _scale_channels(residual, scale[: residual.shape[-1]])
+                if correction is not None:
+                    residual = residual * correction[: residual.shape[-1]]
+                residual = self.residual_range(residual, update, self._calibrating)
+            if in_channels < out_channels:
+                residual = ops.pad(residual, ((0, 0), (0, 0), (0, 0), (0, out_channels - in_channels)))
+            x = _apply_activation(x + residual, self.activation)
+        if len(inputs.shape) != 4:
+            x = _restore_leading(x, inputs, out_channels)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "batch_norm": (
+                    None
+                    if self.batch_norm is None
+                    else keras.saving.serialize_keras_object(self.batch_norm)
+                ),
+                "activation": self.activation,
+                "quantize_output": self.quantize_output,
+            }
+        )
+        return config
+
+
+def _decomposed_form(layer):
+    """Layers whose int8 TFLite form is several ops: "hard_swish", "hard_sigmoid", "rescaling" or None."""
+    if isinstance(layer, keras.layers.Activation):
+        name = getattr(layer.activation, "__name__", "")
+        if name in ("hard_swish", "hard_silu"):
+            return "hard_swish"
+        if name == "hard_sigmoid":
+            return "hard_sigmoid"
+    if isinstance(layer, keras.layers.Rescaling):
+        if isinstance(layer.scale, (int, float)) and isinstance(layer.offset, (int, float)) and layer.offset:
+            return "rescaling"  # MUL then ADD
+    return None
+
+
+def _stage_order(vector, stage, fill):
+    """Per-channel `vector` (output order `e * G + g`) in the stage's conv order `g * b + e`, padded with `fill`."""
+    groups, group_out = stage.groups, stage.group_out
+    extra = groups * group_out - vector.shape[0]
+    if extra:
+        vector = ops.concatenate([vector, ops.full((extra,), fill, dtype=vector.dtype)])
+    return ops.reshape(ops.transpose(ops.reshape(vector, (group_out, groups))), (-1,))
+
+
+def _grouped_conv_1x1(x, kernel):
+    """Grouped 1x1 conv (groups = channels / kernel.shape[2]), NHWC."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # keras.ops.conv runs grouped convs on TF through a new XLA function
+        # per call (recompiled in every eager call, ~8x slower training steps
+        # here); TF's own grouped Conv2D is correct on CPU (the tests hold it
+        # to the NumPy stage oracle) and converts to grouped CONV_2D.
+        return tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+    return ops.conv(x, kernel, padding="valid")
+
+
+def _scale_channels(x, scale):
+    """x * scale per channel, as a 1x1 DEPTHWISE_CONV_2D with per-channel int8 weights.
+
+    Each channel's factor is then exact in int8 (it is its own channel's
+    maximum); a MUL would make TFLite quantize the factors per tensor.
+    """
+    channels = scale.shape[0]
+    kernel = quantizers.quantize_weights(ops.reshape(scale, (1, 1, channels)))
+    return ops.depthwise_conv(x, ops.reshape(kernel, (1, 1, channels, 1)), padding="valid")
+
+
+def _perfect_shuffle(x, groups, group_out):
+    """(..., groups * group_out) in order g * b + e -> order e * G + g."""
+    height, width = x.shape[1], x.shape[2]
+    x = ops.reshape(x, (-1, groups, group_out))
+    x = ops.transpose(x, (0, 2, 1))
+    return ops.reshape(x, (-1, height, width, groups * group_out))
+
+
+def _restore_leading(outputs, inputs, channels):
+    """Reshapes a (M, 1, 1, channels) result back to `inputs`' leading dimensions."""
+    leading = inputs.shape[1:-1]
+    if all(d is not None for d in leading):
+        return ops.reshape(outputs, (-1, *leading, channels))
+    return ops.reshape(outputs, (*ops.shape(inputs)[:-1], channels))

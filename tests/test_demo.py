@@ -1,0 +1,143 @@
+"""`keras-bft demo` end to end (tiny settings), its output folder rules, and the report helpers."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_bft import cli
+from keras_bft.demo import pipeline
+from keras_bft.demo import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    code = cli.main(["demo", "--tiny", "--output-dir", str(out), "--force"])
+    return code, out
+
+
+def test_demo_end_to_end(demo_run, capsys):
+    code, out = demo_run
+    assert code == 0
+    assert not (out / "stale.txt").exists()  # --force replaced the folder as a whole
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in results["results"]}
+    bft, twin = rows["MobileNetV2-BFT-0.5"], rows["MobileNetV2-pointwise-0.35"]
+    assert bft["twin"] == twin["name"] and bft["fusion"] == "butterfly"
+
+    # Oracle for the pointwise twin: keras.applications' MobileNetV2 of the same width.
+    reference = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, weights=None,
+                                               classes=10, classifier_activation=None)
+    assert twin["params"] == reference.count_params()
+    assert twin["macs"] >= bft["macs"] > 0  # matched or higher twin MACs
+    assert bft["params"] < twin["params"]
+
+    for r in (bft, twin):
+        assert 0.0 <= r["float_acc"] <= 1.0 and 0.0 <= r["ptq_acc"] <= 1.0
+        model_path = out / r["int8_model"]
+        assert model_path.stat().st_size == r["int8_size"] > 0
+        assert set(r["latency_ms"]) == {"1", "2"} and all(v > 0 for v in r["latency_ms"].values())
+        assert r["ptq_parity"]["fully_delegated"] is True
+        assert 0.0 <= r["ptq_parity"]["top1_agreement"] <= 1.0
+
+    # The saved .tflite loads in LiteRT as a static batch-1 model (what Android gets).
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(out / twin["int8_model"]))
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    assert tuple(detail["shape"]) == (1, 32, 32, 1)
+
+    table = (out / "results.md").read_text()
+    assert "| model | params | MACs | float acc | int8 PTQ acc" in table
+    assert "MobileNetV2-BFT-0.5" in table and "(twin)" in table
+    assert "Debian package" in table or "subset" in table  # where the data came from
+    assert "quantization-aware training" in table  # the skipped stage is named, not hidden
+    for name in (report.MACS_PLOT, report.LATENCY_PLOT):
+        blob = (out / name).read_bytes()
+        assert blob.startswith(PNG_SIGNATURE) and len(blob) > 5000
+        import matplotlib.image
+
+        assert matplotlib.image.imread(str(out / name)).shape[2] in (3, 4)
+    assert not [p for p in os.listdir(out.parent) if p.startswith(".keras-bft-demo-")]  # no temp left
+
+
+def test_demo_refuses_non_empty_output(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = cli.main(["demo", "--tiny", "--output-dir", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and str(out) in err
+    assert (out / "keep.txt").read_text() == "mine" and os.listdir(out) == ["keep.txt"]
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["demo", "--tiny", "--output-dir", str(tmp_path / "afile"), "--force"]) == 2
+
+
+def test_settings_validation():
+    assert pipeline.settings_for("quick").mode == "quick"
+    full = pipeline.settings_for("full")
+    assert full.frontier_twins and len(full.bft_widths) >= 2 and full.train_per_class is None
+    with pytest.raises(ValueError, match="mode"):
+        pipeline.settings_for("huge")
+    with pytest.raises(ValueError, match="epoch"):
+        pipeline.settings_for("quick", epoch=3)
+
+
+def _result(name, fusion, macs, acc, latency, twin=None):
+    return pipeline.Result(name, "M", fusion, 1.0, params=1000, macs=macs, float_acc=acc, ptq_acc=acc,
+                           latency_ms={1: latency, 2: latency / 2}, twin=twin)
+
+
+def test_frontier_gaps_interpolate_the_pointwise_frontier():
+    results = [
+        _result("p1", "pointwise", 100, 0.80, 1.0),
+        _result("p2", "pointwise", 300, 0.90, 3.0),
+        _result("p3", "pointwise", 400, 0.85, 4.0),  # dominated: not on the frontier
+        _result("b1", "butterfly", 200, 0.87, 2.5, twin="p2"),
+        _result("b2", "butterfly", 50, 0.70, 0.5, twin="p1"),
+    ]
+    gaps = dict((n, g) for n, _, g in report.frontier_gaps(results, lambda r: r.macs, lambda r: r.float_acc))
+    assert gaps["b1"] == pytest.approx(100 * (0.87 - 0.85))  # halfway between 0.80 and 0.90
+    assert gaps["b2"] is None  # outside the frontier's range: no extrapolation
+    lat = dict((n, g) for n, _, g in report.frontier_gaps(results, lambda r: r.latency_ms[1], lambda r: r.ptq_acc))
+    assert lat["b1"] == pytest.approx(100 * (0.87 - (0.80 + 0.10 * 0.75)))
+    rows = report.table_rows(results)
+    b1 = next(r for r in rows if r[0] == "b1")
+    assert b1[-3].startswith("0.67x of p2") and b1[-2] == "0.83x, 0.83x" and b1[-1] == "-3.00, -3.00"
+
+
+def test_plots_without_latency(tmp_path):
+    results = [_result("p", "pointwise", 100, 0.8, 1.0), _result("b", "butterfly", 90, 0.82, 1.1, twin="p")]
+    for r in results:
+        r.latency_ms = None
+    report.plot(results, str(tmp_path / "a.png"), str(tmp_path / "b.png"))
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert (tmp_path / "b.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_set_bn_momentum_caps_every_batch_norm():
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, weights=None, classes=10)
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(norms) == 52 and {l.momentum for l in norms} == {0.999}
+    pipeline.set_bn_momentum(model, 0.9)
+    assert {l.momentum for l in norms} == {0.9}
+    small = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.5)])
+    pipeline.set_bn_momentum(small, 0.9)
+    assert small.layers[0].momentum == 0.5
+    # The moving mean follows the data within a few steps at 0.9 (it would stay near 0 at 0.999).
+    x = np.full((8, 4), 5.0, np.float32)
+    model2 = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.999)])
+    pipeline.set_bn_momentum(model2, 0.9)
+    model2.compile("sgd", "mse")
+    for _ in range(30):
+        model2.train_on_batch(x, x)
+    assert np.allclose(model2.layers[0].moving_mean.numpy(), 5.0 * (1 - 0.9**30), rtol=1e-3)
