@@ -34,7 +34,9 @@ from keras_bft import ButterflyFusion  # noqa: E402
 from keras_bft.ops import LOWERINGS  # noqa: E402
 
 DEFAULT_SHAPES = "1x14x14x256,1x14x14x512,1x14x14x1024,1x7x7x1024,1x56x56x128,32x14x14x256"
-RUNTIMES = ("tf", "xla", "litert1", "litert2", "jax")
+# litertN: the layer as trained (plain TFLiteConverter, N threads); exportN: what
+# users ship, keras_bft.tflite.convert's exact rewrite (merged stages, folds).
+RUNTIMES = ("tf", "xla", "litert1", "litert2", "export1", "export2", "jax")
 
 
 def _model(shape, layer):
@@ -61,12 +63,18 @@ def _tf_runner(model, x, jit):
     return lambda: fn(xt).numpy()
 
 
-def _litert_runner(model, x, threads):
+def _litert_runner(model, x, threads, export):
     from ai_edge_litert.interpreter import Interpreter
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = Interpreter(model_content=converter.convert(), num_threads=threads)
+    if export:
+        from keras_bft import tflite
+
+        content = tflite.convert(model, "float32", batch_size=x.shape[0])
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        content = converter.convert()
+    interpreter = Interpreter(model_content=content, num_threads=threads)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]["index"]
     out = interpreter.get_output_details()[0]["index"]
@@ -101,7 +109,7 @@ def _runner(runtime, model, x):
         return _tf_runner(model, x, jit=False)
     if runtime == "xla":
         return _tf_runner(model, x, jit=True)
-    return _litert_runner(model, x, threads=int(runtime[-1]))
+    return _litert_runner(model, x, threads=int(runtime[-1]), export=runtime.startswith("export"))
 
 
 def _time(fn, iters):
