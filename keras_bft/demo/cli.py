@@ -9,7 +9,7 @@ from keras_bft.demo import pipeline
 _DESCRIPTION = """\
 Trains a Butterfly Transform (BFT) MobileNetV2 and its pointwise twin (the cheapest
 plain MobileNetV2 with at least as many MACs) on Fashion-MNIST at 32x32, quantizes
-them to int8 (post-training, and quantization-aware when available), exports them
+them to int8 (post-training, and quantization-aware for one epoch), exports them
 to LiteRT, checks the LiteRT models against Keras, benchmarks them with 1 and 2
 threads, and writes a table and plots into an output folder.
 
@@ -40,7 +40,7 @@ def add_parser(subparsers):
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--epochs", type=int, default=None, help="override the mode's epochs")
     parser.add_argument("--qat-epochs", type=int, default=None,
-                        help="override the quantization-aware training epochs (0 skips QAT)")
+                        help="quantization-aware training epochs (default 1; 0 with --tiny); 0 skips QAT")
     parser.add_argument("--train-per-class", type=int, default=None,
                         help="train on a stratified subset of this many images per class")
     parser.add_argument("--bft-widths", type=_widths, default=None, metavar="W[,W...]",

@@ -15,6 +15,7 @@ import collections
 import gzip
 import os
 
+import keras
 import numpy as np
 
 FASHION_MNIST_CLASSES = (
@@ -171,8 +172,6 @@ def load_subset(path=SUBSET_PATH):
 
 
 def _load_keras():
-    import keras
-
     (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     return Dataset(
         x_train[..., None],
@@ -266,8 +265,6 @@ def load_image_folder(directory, image_size=(32, 32), color_mode="grayscale", te
     Returns:
         A `Dataset` of uint8 images (N, H, W, C) and int32 labels, source "folder".
     """
-    import keras
-
     if not os.path.isdir(directory):
         raise ValueError(f"`directory` is not a folder. Received: directory={directory!r}")
     if not 0.0 < test_fraction < 1.0:

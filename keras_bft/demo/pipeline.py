@@ -1,21 +1,26 @@
 """The demo pipeline: train BFT models and their pointwise twins, quantize, export, verify, benchmark.
 
-Every stage that needs a part of keras-bft that is not importable (builders,
-exporter, QAT) is skipped with a note that says so; the report prints the
-notes, so a missing piece never looks like a result.
+A stage that fails at run time is named in the report's notes, so a failure
+never looks like a result.
 """
 
 import contextlib
 import dataclasses
-import importlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 
+import keras
 import numpy as np
 
+from keras_bft import applications
+from keras_bft import quantization
+from keras_bft import tflite
 from keras_bft.demo import data as data_lib
+from keras_bft.demo import report
+from keras_bft.utils import count_macs
 
 MODES = ("tiny", "quick", "full")
 
@@ -47,9 +52,9 @@ class Settings:
     train_per_class: int = None  # None: all training images
     test_per_class: int = None
     epochs: int = 3
-    # QAT is opt-in (--qat-epochs 1): on MobileNetV2 its epoch costs several float epochs here, and its
-    # int8 conversion still fails ("representative_dataset must be specified"); see the notes it prints.
-    qat_epochs: int = 0
+    # A QAT train step costs ~2x a float step at the quick settings (measured: MobileNetV2-BFT-1 2.1x,
+    # pointwise-0.35 1.5x), plus tracing the QAT graph once; see docs/demo.md. --tiny turns it off.
+    qat_epochs: int = 1
     batch_size: int = 64
     learning_rate: float = 2e-3
     bn_momentum: float = 0.9  # see set_bn_momentum
@@ -94,23 +99,11 @@ def settings_for(mode, **overrides):
 
 
 # ---------------------------------------------------------------------------
-# Optional pieces: imported when used, so each can be missing independently.
-
-
-def _optional(module, attr):
-    """`module.attr`, or (None, reason) when it cannot be imported."""
-    try:
-        return getattr(importlib.import_module(module), attr), None
-    except (ImportError, AttributeError) as e:
-        return None, f"{module}.{attr} is not available ({type(e).__name__}: {e})"
 
 
 def build_model(candidate, input_shape, classes):
     """Builds a candidate with keras_bft.applications (logits out: int8 SOFTMAX is not XNNPACK-delegated)."""
-    builder, reason = _optional("keras_bft.applications", candidate.family + "BFT")
-    if builder is None:
-        raise RuntimeError(reason)
-    return builder(
+    return getattr(applications, candidate.family + "BFT")(
         input_shape=input_shape,
         width=candidate.width,
         include_top=True,
@@ -132,32 +125,10 @@ def set_bn_momentum(model, momentum):
     Momentum only changes the moving averages, not the training steps. Call it
     before the first training step (graph functions read it when traced).
     """
-    import keras
-
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = min(layer.momentum, momentum)
     return model
-
-
-def count_macs(model):
-    fn, reason = _optional("keras_bft.utils", "count_macs")
-    if fn is None:
-        raise RuntimeError(reason)
-    return int(fn(model))
-
-
-# ---------------------------------------------------------------------------
-# LiteRT inference, for int8 accuracy on the whole test set.
-
-
-def litert_predict(tflite_model, x):
-    """Runs a .tflite model on each image of `x` in the LiteRT interpreter; returns the stacked outputs.
-
-    Batch 1, as exported (static shapes); integer interfaces are (de)quantized.
-    """
-    outputs = importlib.import_module("keras_bft.tflite").predict(bytes(tflite_model), x)
-    return np.concatenate([out[0].reshape(1, -1) for out in outputs])
 
 
 def _predict(model, x, batch_size=250):
@@ -170,6 +141,11 @@ def _predict(model, x, batch_size=250):
 
 def _accuracy(logits, labels):
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def _litert_accuracy(tflite_model, x, labels):
+    """Accuracy of a .tflite model run in LiteRT on each image (batch 1, as exported)."""
+    return _accuracy(np.concatenate([out[0] for out in tflite.predict(tflite_model, x)]), labels)
 
 
 # ---------------------------------------------------------------------------
@@ -263,8 +239,6 @@ class Demo:
     # -- models -------------------------------------------------------------
 
     def _build(self, candidate):
-        import keras
-
         keras.utils.set_random_seed(self.settings.seed)
         model = build_model(candidate, self.x_train.shape[1:], self.classes)
         set_bn_momentum(model, self.settings.bn_momentum)
@@ -317,9 +291,9 @@ class Demo:
             for _ in range(2):
                 model.train_on_batch(xb, yb)
             per_step = (time.perf_counter() - start) / 2
-            # A QAT epoch of MobileNetV2-BFT took >6 float epochs here (fake-quant grouped-conv stages);
+            # A QAT step costs ~2x a float step, plus ~30 s to trace the QAT graph and export it again;
             # export, LiteRT scoring and benchmark ~30 s a model.
-            total += per_step * steps * (s.epochs + 6 * s.qat_epochs) + 30
+            total += per_step * steps * (s.epochs + 2 * s.qat_epochs) + 30 + 30 * (s.qat_epochs > 0)
         return total
 
     # -- stages -------------------------------------------------------------
@@ -332,24 +306,21 @@ class Demo:
         result.train_seconds = time.perf_counter() - start
         result.float_acc = _accuracy(_predict(model, self.x_test), self.y_test)
 
-    def _export(self, model, result, convert, verify):
+    def _export(self, model, result):
         s = self.settings
         calib = self.x_train[:s.calibration_images]
-        int8 = convert(model, quantization="int8", representative_data=calib)
+        int8 = tflite.convert(model, quantization="int8", representative_data=calib)
         path = os.path.join(self.tmp_dir, "models", result.name + "-int8.tflite")
         with open(path, "wb") as f:
             f.write(int8)
         result.int8_model = os.path.relpath(path, self.tmp_dir)
         result.int8_size = len(int8)
-        result.ptq_acc = _accuracy(litert_predict(int8, self.x_test), self.y_test)
-        if verify is not None:
-            result.ptq_parity = _parity(verify(int8, model, self.x_test[:s.verify_images],
-                                               quantization="int8", on_failure="warn"))
+        result.ptq_acc = _litert_accuracy(int8, self.x_test, self.y_test)
+        result.ptq_parity = _parity(tflite.verify(int8, model, self.x_test[:s.verify_images],
+                                                  quantization="int8", on_failure="warn"))
         return path
 
-    def _qat(self, qmodel, result, convert, verify):
-        import keras
-
+    def _qat(self, qmodel, result):
         s = self.settings
         qmodel.compile(
             optimizer=keras.optimizers.Adam(s.learning_rate / 10),
@@ -359,19 +330,18 @@ class Demo:
         )
         qmodel.fit(self.x_train, self.y_train, batch_size=s.batch_size, epochs=s.qat_epochs,
                    shuffle=True, verbose=1 if self._interactive else 2)
-        int8 = convert(qmodel, quantization="int8")
+        int8 = tflite.convert(qmodel, quantization="int8")
         path = os.path.join(self.tmp_dir, "models", result.name + "-qat-int8.tflite")
         with open(path, "wb") as f:
             f.write(int8)
         result.qat_size = len(int8)
-        result.qat_acc = _accuracy(litert_predict(int8, self.x_test), self.y_test)
-        if verify is not None:
-            result.qat_parity = _parity(verify(int8, qmodel, self.x_test[:s.verify_images],
-                                               quantization="int8", on_failure="warn"))
+        result.qat_acc = _litert_accuracy(int8, self.x_test, self.y_test)
+        result.qat_parity = _parity(tflite.verify(int8, qmodel, self.x_test[:s.verify_images],
+                                                  quantization="int8", on_failure="warn"))
 
-    def _benchmark(self, paths, benchmark):
+    def _benchmark(self, paths):
         results = list(paths)
-        rows = benchmark([paths[r] for r in results], threads=(1, 2),
+        rows = tflite.benchmark([paths[r] for r in results], threads=(1, 2),
                          num_runs=self.settings.benchmark_runs, names=[r.name for r in results],
                          verbose=1 if self._interactive else 0)
         by_name = {r.name: r for r in results}
@@ -396,8 +366,6 @@ class Demo:
         try:
             os.makedirs(os.path.join(self.tmp_dir, "models"))
             self._run()
-            from keras_bft.demo import report
-
             report.write_report(self, self.tmp_dir)
             _publish(self.tmp_dir, self.output_dir)
         finally:
@@ -416,17 +384,8 @@ class Demo:
         estimate = self._estimate_seconds(plan)
         self.log(f"Expected duration: about {_minutes(estimate)} on this machine "
                  f"({len(plan)} models x {s.epochs} epochs + {s.qat_epochs} QAT epoch(s)).")
-
-        convert, why_convert = _optional("keras_bft.tflite", "convert")
-        verify, why_verify = _optional("keras_bft.tflite", "verify")
-        benchmark, why_bench = _optional("keras_bft.tflite", "benchmark")
-        quantize_model, why_qat = _optional("keras_bft.quantization", "quantize_model")
-        for why in (why_convert, why_verify, why_bench, why_qat):
-            if why:
-                self.notes.append("skipped: " + why)
-        if quantize_model is not None and s.qat_epochs == 0:
-            quantize_model = None
-            self.notes.append("skipped: quantization-aware training (off by default; --qat-epochs 1 turns it on)")
+        if s.qat_epochs == 0:
+            self.notes.append("skipped: quantization-aware training (--qat-epochs 0; --qat-epochs 1 turns it on)")
 
         paths = {}
         for i, (c, model, macs, twin) in enumerate(plan):
@@ -436,19 +395,17 @@ class Demo:
             self.log(f"[{i + 1}/{len(plan)}] {c.name}: training {s.epochs} epoch(s)")
             self._train(model, result)
             self.log(f"  float accuracy {result.float_acc:.4f}")
-            if convert is None:
-                continue
             qmodel = None
-            if quantize_model is not None and s.qat_epochs > 0:
+            if s.qat_epochs > 0:
                 # Before any export: the exporter calls the model's layers on new inputs, and
                 # quantize_model refuses layers with several call sites.
                 try:
-                    qmodel = quantize_model(model, calibration_data=self.x_train[:s.calibration_images])
+                    qmodel = quantization.quantize_model(model, calibration_data=self.x_train[:s.calibration_images])
                 except Exception as e:
                     result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
                     self.log("  " + result.notes[-1])
             try:
-                paths[result] = self._export(model, result, convert, verify)
+                paths[result] = self._export(model, result)
                 self.log(f"  int8 (PTQ) accuracy {result.ptq_acc:.4f}, {result.int8_size / 1024:.0f} KiB")
             except Exception as e:  # Report the failure in the table; keep the other models going.
                 result.notes.append(f"int8 export failed: {type(e).__name__}: {e}")
@@ -456,17 +413,17 @@ class Demo:
             if qmodel is not None:
                 try:
                     self.log(f"  quantization-aware training, {s.qat_epochs} epoch(s)")
-                    self._qat(qmodel, result, convert, verify)
+                    self._qat(qmodel, result)
                     self.log(f"  int8 (QAT) accuracy {result.qat_acc:.4f}")
                 except Exception as e:
                     result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
                     self.log("  " + result.notes[-1])
-        if benchmark is not None and paths:
+        if paths:
             self.log("Benchmarking the int8 models in LiteRT (1 and 2 threads)...")
             log = os.path.join(self.tmp_dir, "litert.log")
             try:
                 with _native_stderr_to(log):  # the runtime's own logging, kept in litert.log
-                    self._benchmark(paths, benchmark)
+                    self._benchmark(paths)
             except Exception as e:
                 self.notes.append(f"benchmark failed: {type(e).__name__}: {e}")
                 self.log(self.notes[-1])
@@ -475,8 +432,6 @@ class Demo:
 @contextlib.contextmanager
 def _native_stderr_to(path):
     """Sends file descriptor 2 (LiteRT's C++ INFO logging) to `path` for the duration."""
-    import sys
-
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "ab") as sink:

@@ -6,7 +6,10 @@ import os
 import platform
 import time
 
+import keras
 import numpy as np
+
+from keras_bft.demo import data as data_lib
 
 TABLE_FILE = "results.md"
 JSON_FILE = "results.json"
@@ -196,8 +199,6 @@ def machine_description():
 
 
 def _versions():
-    import keras
-
     versions = {"keras": keras.__version__, "backend": keras.backend.backend()}
     for module in ("tensorflow", "ai_edge_litert"):
         try:
@@ -211,7 +212,6 @@ def write_report(demo, folder):
     """Writes results.md, results.json and the plots of a finished `Demo` into `folder`; prints the table."""
     results, s = demo.results, demo.settings
     plot(results, os.path.join(folder, MACS_PLOT), os.path.join(folder, LATENCY_PLOT))
-    from keras_bft.demo import data as data_lib
 
     header = [
         f"# keras-bft demo ({s.mode})",
