@@ -19,7 +19,7 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "demo"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
-    code = cli.main(["demo", "--tiny", "--output-dir", str(out), "--force"])
+    code = cli.main(["demo", "--tiny", "--qat-epochs", "1", "--output-dir", str(out), "--force"])
     return code, out
 
 
@@ -46,6 +46,9 @@ def test_demo_end_to_end(demo_run, capsys):
         assert set(r["latency_ms"]) == {"1", "2"} and all(v > 0 for v in r["latency_ms"].values())
         assert r["ptq_parity"]["fully_delegated"] is True
         assert 0.0 <= r["ptq_parity"]["top1_agreement"] <= 1.0
+        # QAT: converted without calibration data, fully delegated, scored in LiteRT.
+        assert 0.0 <= r["qat_acc"] <= 1.0 and r["qat_size"] > 0
+        assert r["qat_parity"]["fully_delegated"] is True
 
     # The saved .tflite loads in LiteRT as a static batch-1 model (what Android gets).
     from ai_edge_litert.interpreter import Interpreter
@@ -59,7 +62,9 @@ def test_demo_end_to_end(demo_run, capsys):
     assert "| model | params | MACs | float acc | int8 PTQ acc" in table
     assert "MobileNetV2-BFT-0.5" in table and "(twin)" in table
     assert "Debian package" in table or "subset" in table  # where the data came from
-    assert "quantization-aware training" in table  # the skipped stage is named, not hidden
+    bft_row = next(line for line in table.splitlines() if line.startswith("| MobileNetV2-BFT-0.5 |"))
+    assert f"{100 * bft['qat_acc']:.2f}" in bft_row  # the QAT column is filled, not "-"
+    assert "skipped" not in table  # no stage of the pipeline was skipped
     for name in (report.MACS_PLOT, report.LATENCY_PLOT):
         blob = (out / name).read_bytes()
         assert blob.startswith(PNG_SIGNATURE) and len(blob) > 5000
