@@ -626,3 +626,16 @@ def test_hard_swish_hard_sigmoid_rescaling_convert_int8():
             assert all(tensors[i]["dtype"] != np.float32 for i in op["outputs"]), op["op_name"]
     lsb = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
     assert np.abs(_run_tflite(content, x) - got).max() <= 2 * lsb
+
+
+def test_qat_model_with_softmax_names_the_way_out():
+    from keras_bft import tflite
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    qat = quantize_model(keras.Model(inputs, outputs))
+    with pytest.raises(ValueError, match=r"classifier_activation=None.*float_ops=\('SOFTMAX',\)"):
+        tflite.convert(qat, "int8")
+    assert "SOFTMAX" in tflite.op_histogram(tflite.convert(qat, "int8", float_ops=()))

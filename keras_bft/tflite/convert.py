@@ -321,6 +321,15 @@ def convert(
     if quantization == "int8" and float_ops:
         stuck = _check_float_ops(tflite_model, set(float_ops))
         if stuck:
+            if quantization == "int8" and _has_fake_quant(function):
+                # TF's QuantizationDebugger (the float-op path) rejects fake-quant graphs.
+                raise ValueError(
+                    f"Ops {stuck} came out in int8, which XNNPACK does not run, and a "
+                    "quantization-aware model cannot keep them in float. Build the model "
+                    "with classifier_activation=None (logits; apply softmax in the app), or "
+                    "pass float_ops=() to accept them in int8 (not delegated). Received: "
+                    f"float_ops={tuple(float_ops)!r}"
+                )
             if dataset is None:
                 raise ValueError(
                     f"Ops {stuck} came out in int8 and keeping them in float needs "
