@@ -12,8 +12,8 @@ two versions that differ only in the channel fusion: `ButterflyFusion` or a
   `keras_bft.tflite.convert(qat_model, "int8")` (no representative data), run
   by LiteRT's interpreter (the fake-quant Keras accuracy is shown too).
 
-Data: Fashion-MNIST's idx files (Debian package `dataset-fashion-mnist` puts
-them in /usr/share/datasets/fashion-mnist), or `--data-dir`.
+Data: Fashion-MNIST through keras_bft.demo.data (`--data-dir`, else Debian's `dataset-fashion-mnist`
+in /usr/share/datasets/fashion-mnist, else the subset shipped in the package).
 
     python benchmarks/qat.py                  # the table in docs/quantization.md (~10 min, 2 cores)
     python benchmarks/qat.py --epochs 1 --qat-epochs 1 --train-samples 2000   # smoke run
@@ -21,11 +21,8 @@ them in /usr/share/datasets/fashion-mnist), or `--data-dir`.
 
 import argparse
 import datetime
-import gzip
 import os
-import pathlib
 import platform
-import struct
 import sys
 import time
 
@@ -38,41 +35,16 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from keras_bft import ButterflyFusion  # noqa: E402
 from keras_bft import tflite  # noqa: E402
+from keras_bft.demo import data  # noqa: E402
 from keras_bft.quantization import quantize_model  # noqa: E402
-
-DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-
-
-def _read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, count = struct.unpack(">II", data[:8])
-    if magic == 2051:  # images: count, rows, cols, then uint8 pixels
-        rows, cols = struct.unpack(">II", data[8:16])
-        return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
-    if magic == 2049:  # labels
-        return np.frombuffer(data, np.uint8, offset=8)
-    raise ValueError(f"{path} is not an idx image/label file (magic {magic})")
-
 
 def load_fashion_mnist(data_dir):
     """((x_train, y_train), (x_test, y_test)): float32 images in [0, 1] of shape (28, 28, 1)."""
-    directory = pathlib.Path(data_dir)
-    missing = [name for pair in FILES.values() for name in pair if not (directory / name).exists()]
-    if missing:
-        raise SystemExit(
-            f"Fashion-MNIST not found in {directory} (missing {missing}). On Debian/Ubuntu: "
-            "apt-get install dataset-fashion-mnist, or pass --data-dir."
-        )
-    splits = []
-    for split in ("train", "test"):
-        images, labels = (_read_idx(directory / name) for name in FILES[split])
-        splits.append((images[..., None].astype("float32") / 255.0, labels.astype("int64")))
-    return tuple(splits)
+    ds = data.load_fashion_mnist(data_dir=data_dir, download=False)
+    return (
+        (ds.x_train.astype("float32") / 255.0, ds.y_train.astype("int64")),
+        (ds.x_test.astype("float32") / 255.0, ds.y_test.astype("int64")),
+    )
 
 
 def build_model(fusion, butterfly_k=4, seed=0):
@@ -184,7 +156,7 @@ def run(fusion, data, args, log):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=DEBIAN_DIR)
+    parser.add_argument("--data-dir", default=None, help="idx folder (default: the first source keras_bft.demo.data finds)")
     parser.add_argument("--fusions", default="butterfly,pointwise")
     parser.add_argument("--butterfly-k", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
