@@ -66,8 +66,9 @@ class ButterflyFusion(keras.layers.Layer):
             >= 3; defaults to `keras.config.image_data_format()`. Rank-2 inputs
             always mix their last axis.
         lowering: how the stages run: `"auto"` (the best measured, today
-            `"group_major"` on every backend), `"group_major"`, `"shuffle"`, `"multiply_sum"` or `"dense"` (a
-            dense fold). All compute the same function; see
+            `"group_major"` on every backend), `"group_major"`, `"shuffle"`,
+            `"multiply_sum"`, `"grouped_conv"` (the int8 LiteRT form) or
+            `"dense"` (a dense fold). All compute the same function; see
             `keras_bft.ops.lowering`.
         merge_stages: optional stage counts to compose into single block stages
             at run time, e.g. `(2, 3)` for five stages: the same function with
