@@ -111,14 +111,19 @@ def _stages_channels_last(x, kernels, stages, multiply_sum):
     return x
 
 
+def grouped_conv_kernel(kernel, stage):
+    """A stage kernel `(G, a, b)` as a grouped 1x1 conv kernel `(1, 1, a, G * b)`.
+
+    Conv output channel `g * b + j` holds `W[g, :, j]`, group `g`'s block; the
+    perfect shuffle then reorders channels to `j * G + g`.
+    """
+    return ops.reshape(ops.transpose(kernel, (1, 0, 2)), (1, 1, stage.group_in, stage.out_channels))
+
+
 def _stages_grouped_conv(x, kernels, stages):
     x = ops.reshape(x, (1, -1, 1, stages[0].in_channels))
     for kernel, stage in zip(kernels, stages):
-        # Conv kernel column g*b + j holds W[g, :, j]: group g's block.
-        conv_kernel = ops.reshape(
-            ops.transpose(kernel, (1, 0, 2)), (1, 1, stage.group_in, stage.out_channels)
-        )
-        x = ops.conv(x, conv_kernel)
+        x = ops.conv(x, grouped_conv_kernel(kernel, stage))
         x = ops.reshape(x, (-1, stage.groups, stage.group_out))
         x = ops.transpose(x, (0, 2, 1))
         x = ops.reshape(x, (1, -1, 1, stage.out_channels))

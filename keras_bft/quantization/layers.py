@@ -412,12 +412,7 @@ class QuantizedLinear(_QuantizedBase):
             x = ops.reshape(x, (-1, height, width, plan.padded_in))
         last = plan.num_stages - 1
         for i, (kernel, stage) in enumerate(zip(kernels, plan.stages)):
-            groups, group_in, group_out = stage.kernel_shape
-            # Grouped 1x1 conv kernel: output channel g * group_out + e reads
-            # input channels g * group_in ... (g + 1) * group_in - 1.
-            conv_kernel = ops.reshape(
-                ops.transpose(kernel, (1, 0, 2)), (1, 1, group_in, groups * group_out)
-            )
+            conv_kernel = lowering_lib.grouped_conv_kernel(kernel, stage)
             if i == last and scale is not None:
                 conv_kernel = conv_kernel * _stage_order(scale, stage, 1.0)
             x = _grouped_conv_1x1(x, quantizers.quantize_weights(conv_kernel))
@@ -432,7 +427,7 @@ class QuantizedLinear(_QuantizedBase):
                     x = _apply_activation(x, self.activation)
             if i < len(self.stage_ranges):
                 x = self.stage_ranges[i](x, update, self._calibrating)
-            x = _perfect_shuffle(x, groups, group_out)
+            x = _perfect_shuffle(x, stage.groups, stage.group_out)
         if plan.padded_out > out_channels:
             x = x[..., :out_channels]
         if layer.residual:
