@@ -9,11 +9,12 @@ Rows "..._zero_cost_fusion" replace every ButterflyFusion by a free channel
 slice/repeat: the floor no 1x1 replacement can go below.
 
 Usage:
-    PYTHONPATH=. python benchmarks/export.py [--pairs layer,v1,v2,matched] [--runs 50]
+    PYTHONPATH=. python benchmarks/export.py [--pairs layer,v1,v2,matched,demo32] [--runs 50]
         [--json out.json] [--markdown out.md]
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -26,6 +27,7 @@ import numpy as np
 
 from keras_bft import ButterflyFusion
 from keras_bft import tflite
+from keras_bft.tflite import rewrite
 from keras_bft.tflite import synthetic
 
 # name -> (description, target ratio at 1 thread, target at 2 threads)
@@ -35,7 +37,15 @@ TARGETS = {
     "v2": ("MobileNetV2BFT 2.0@224 k=4 vs pointwise twin", 0.8, None),
     "matched": ("matched FLOPs: MobileNetV1BFT 1.0@160 k=4 vs pointwise 0.25@224", None, None),
     "v1_raw": ("MobileNetV1BFT 1.0@224 k=4 converted without the rewrite vs pointwise twin", None, None),
+    "demo32": ("the demo's MobileNetV2BFT 1.0@32x32x1 vs its MAC twin pointwise 0.35 and pointwise 1.0", None, None),
 }
+
+
+class _NeverFold(rewrite.CostModel):
+    """The int8 cost model with the dense fold ruled out: every butterfly stays staged."""
+
+    def dense_us(self, positions, in_channels, out_channels):
+        return float("inf")
 
 
 def _layer_pair():
@@ -99,6 +109,17 @@ def build(pair):
             apps.MobileNetV1BFT((160, 160, 3), width=1.0, butterfly_k=4),
         ]
         return models, [{}, {}]
+    if pair == "demo32":
+        def v2(width, fusion):
+            return apps.MobileNetV2BFT((32, 32, 1), width=width, fusion=fusion, weights=None, classes=10,
+                                       classifier_activation=None)
+
+        bft = v2(1.0, "butterfly")
+        staged = _NeverFold(**dataclasses.asdict(rewrite.INT8_COST_MODEL))
+        return [v2(0.35, "pointwise"), bft, bft, _zero_cost(bft), v2(1.0, "pointwise")], [
+            {"label": "pointwise_0.35"}, {}, {"label": bft.name + "_all_staged", "cost_model": staged},
+            {"label": bft.name + "_zero_cost_fusion"}, {"label": "pointwise_1.0"},
+        ]
     raise ValueError(f"Unknown pair. Received: pair={pair!r} (known: {sorted(TARGETS)})")
 
 
