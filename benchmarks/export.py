@@ -41,11 +41,14 @@ TARGETS = {
 }
 
 
-class _NeverFold(rewrite.CostModel):
-    """The int8 cost model with the dense fold ruled out: every butterfly stays staged."""
+class _KeepStaged(rewrite.CostModel):
+    """The int8 cost model with the dense fold and the all-in-one merge ruled out: at least two stages."""
 
     def dense_us(self, positions, in_channels, out_channels):
         return float("inf")
+
+    def stages_us(self, positions, plan, residual):
+        return float("inf") if plan.num_stages < 2 else super().stages_us(positions, plan, residual)
 
 
 def _layer_pair():
@@ -77,10 +80,27 @@ class ZeroCostFusion(keras.layers.Layer):
         return inputs[..., : self.filters]
 
 
+class _Passthrough(keras.layers.Layer):
+    def call(self, inputs, **kwargs):  # BatchNormalization's call arguments (training, mask) ignored
+        return inputs
+
+
 def _zero_cost(model):
+    # A BatchNormalization and a ReLU after a 1x1 conv are folded into it for free; after a slice they
+    # would cost passes of their own, so the floor drops them too.
+    free = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Activation)
+    dropped = set()
+    for layer in model.layers:
+        if isinstance(layer, free) and layer._inbound_nodes:
+            source = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+            if isinstance(source, ButterflyFusion) or source.name in dropped:
+                dropped.add(layer.name)
+
     def clone(layer):
         if isinstance(layer, ButterflyFusion):
             return ZeroCostFusion(layer.filters, name=layer.name)
+        if layer.name in dropped:
+            return _Passthrough(name=layer.name)
         return layer
 
     return keras.models.clone_model(model, clone_function=clone)
@@ -115,7 +135,7 @@ def build(pair):
                                        classifier_activation=None)
 
         bft = v2(1.0, "butterfly")
-        staged = _NeverFold(**dataclasses.asdict(rewrite.INT8_COST_MODEL))
+        staged = _KeepStaged(**dataclasses.asdict(rewrite.INT8_COST_MODEL))
         return [v2(0.35, "pointwise"), bft, bft, _zero_cost(bft), v2(1.0, "pointwise")], [
             {"label": "pointwise_0.35"}, {}, {"label": bft.name + "_all_staged", "cost_model": staged},
             {"label": bft.name + "_zero_cost_fusion"}, {"label": "pointwise_1.0"},

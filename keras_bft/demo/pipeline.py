@@ -330,8 +330,12 @@ class Demo:
 
     def _qat(self, qmodel, result):
         s = self.settings
+        # Fine-tuning a converged model (the float schedule ended at 0): a constant lr/10 restart cost up to
+        # 1.8 int8 points in a --full run (docs/results.md); a small peak decayed to 0 fine-tunes instead.
+        schedule = keras.optimizers.schedules.CosineDecay(
+            s.learning_rate / 20, decay_steps=self._steps_per_epoch * s.qat_epochs)
         qmodel.compile(
-            optimizer=keras.optimizers.Adam(s.learning_rate / 10),
+            optimizer=keras.optimizers.Adam(schedule),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             run_eagerly=s.run_eagerly,

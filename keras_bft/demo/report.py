@@ -221,7 +221,7 @@ def write_report(demo, folder):
         f"- versions: {', '.join(f'{k} {v}' for k, v in _versions().items())}",
         f"- {data_lib.describe_source(demo.dataset)}",
         f"- trained on {len(demo.x_train)} images, tested on {len(demo.x_test)}; {s.epochs} epoch(s), "
-        f"batch {s.batch_size}, Adam lr {s.learning_rate} cosine-decayed to 0; QAT {s.qat_epochs} epoch(s) at lr/10; "
+        f"batch {s.batch_size}, Adam lr {s.learning_rate} cosine-decayed to 0; QAT {s.qat_epochs} epoch(s) from lr/20 cosine-decayed to 0; "
         f"PTQ calibrated on {s.calibration_images} training images",
         f"- accuracies in %, on the test images; int8 acc measured in LiteRT; latency: int8 model, "
         f"median of {s.benchmark_runs} runs, batch 1. Twin: cheapest pointwise model with at least the "
