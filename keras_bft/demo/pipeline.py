@@ -235,7 +235,7 @@ class Demo:
         self.x_train = data_lib.prepare_images(x_train, s.image_size)
         self.x_test = data_lib.prepare_images(x_test, s.image_size)
         self.y_train, self.y_test = y_train, y_test
-        self._steps_per_epoch = len(self.x_train) // s.batch_size
+        self._steps_per_epoch = -(-len(self.x_train) // s.batch_size)  # fit runs a short last batch too
         self.classes = len(ds.class_names)
         self.log(f"Training on {len(self.x_train)} images, testing on {len(self.x_test)} "
                  f"({s.image_size}x{s.image_size}x{self.x_train.shape[-1]}).")
