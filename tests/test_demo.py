@@ -110,11 +110,16 @@ def test_frontier_gaps_interpolate_the_pointwise_frontier():
         _result("b1", "butterfly", 200, 0.87, 2.5, twin="p2"),
         _result("b2", "butterfly", 50, 0.70, 0.5, twin="p1"),
     ]
-    gaps = dict((n, g) for n, _, g in report.frontier_gaps(results, lambda r: r.macs, lambda r: r.float_acc))
-    assert gaps["b1"] == pytest.approx(100 * (0.87 - 0.85))  # halfway between 0.80 and 0.90
-    assert gaps["b2"] is None  # outside the frontier's range: no extrapolation
-    lat = dict((n, g) for n, _, g in report.frontier_gaps(results, lambda r: r.latency_ms[1], lambda r: r.ptq_acc))
+    gaps = {n: (g, vs) for n, _, g, vs in report.frontier_gaps(results, lambda r: r.macs, lambda r: r.float_acc)}
+    assert gaps["b1"][0] == pytest.approx(100 * (0.87 - 0.85)) and gaps["b1"][1] is None  # halfway
+    assert gaps["b2"] == (None, None)  # cheaper than every pointwise model: no extrapolation
+    lat = {n: g for n, _, g, _ in report.frontier_gaps(results, lambda r: r.latency_ms[1], lambda r: r.ptq_acc)}
     assert lat["b1"] == pytest.approx(100 * (0.87 - (0.80 + 0.10 * 0.75)))
+    # Beyond the costliest pointwise point: the best pointwise model (cheaper) is the frontier.
+    slow = _result("b3", "butterfly", 500, 0.88, 5.0, twin="p3")
+    (name, cost, gap, vs), = [g for g in report.frontier_gaps(results + [slow], lambda r: r.macs,
+                                                               lambda r: r.float_acc) if g[0] == "b3"]
+    assert (cost, vs) == (500, "p2") and gap == pytest.approx(-2.0)
     rows = report.table_rows(results)
     b1 = next(r for r in rows if r[0] == "b1")
     assert b1[-3].startswith("0.67x of p2") and b1[-2] == "0.83x, 0.83x" and b1[-1] == "-3.00, -3.00"

@@ -75,11 +75,11 @@ def format_table(results, markdown=True):
 
 
 def _frontier(points):
-    """Pareto frontier (cost ascending, accuracy non-decreasing) of (cost, accuracy) pairs."""
+    """Pareto frontier (cost ascending, accuracy increasing) of (cost, accuracy, name) triples."""
     best, out = -np.inf, []
-    for cost, acc in sorted(points):
+    for cost, acc, name in sorted(points):
         if acc > best:
-            out.append((cost, acc))
+            out.append((cost, acc, name))
             best = acc
     return out
 
@@ -87,8 +87,10 @@ def _frontier(points):
 def frontier_gaps(results, cost, accuracy):
     """For each BFT point: its accuracy minus the pointwise frontier's at the same cost.
 
-    The pointwise frontier is interpolated linearly between its points; BFT
-    points outside its cost range get None (no extrapolation).
+    Inside the pointwise cost range the frontier is interpolated linearly
+    between its points. Beyond its costliest point the frontier is that point's
+    accuracy: the best pointwise model within the same budget (it costs less).
+    BFT points cheaper than every pointwise model get None (no extrapolation).
 
     Args:
         results: the demo's `Result`s.
@@ -96,20 +98,23 @@ def frontier_gaps(results, cost, accuracy):
         accuracy: function Result -> accuracy or None.
 
     Returns:
-        A list of (result name, cost, gap in points or None).
+        A list of (result name, cost, gap in points or None, name of the
+        pointwise model compared with when beyond the frontier's range, else None).
     """
-    pw = _frontier([(cost(r), accuracy(r)) for r in results
+    pw = _frontier([(cost(r), accuracy(r), r.name) for r in results
                     if r.fusion == "pointwise" and cost(r) is not None and accuracy(r) is not None])
     gaps = []
     for r in results:
         if r.fusion != "butterfly" or cost(r) is None or accuracy(r) is None:
             continue
         c = cost(r)
-        if len(pw) >= 1 and pw[0][0] <= c <= pw[-1][0]:
-            xs, ys = zip(*pw)
-            gaps.append((r.name, c, 100 * (accuracy(r) - float(np.interp(c, xs, ys)))))
+        if pw and pw[0][0] <= c <= pw[-1][0]:
+            xs, ys, _ = zip(*pw)
+            gaps.append((r.name, c, 100 * (accuracy(r) - float(np.interp(c, xs, ys))), None))
+        elif pw and c > pw[-1][0]:
+            gaps.append((r.name, c, 100 * (accuracy(r) - pw[-1][1]), pw[-1][2]))
         else:
-            gaps.append((r.name, c, None))
+            gaps.append((r.name, c, None, None))
     return gaps
 
 
@@ -127,10 +132,15 @@ def _gap_lines(results):
         if not gaps:
             continue
         lines.append(f"BFT minus the pointwise frontier, {title}:")
-        for name, c, gap in gaps:
+        for name, c, gap, beyond in gaps:
             where = f"{c:,.0f} {unit}" if unit == "MACs" else f"{c:.3f} {unit}"
-            lines.append(f"- {name} ({where}): "
-                         + ("outside the pointwise frontier's range" if gap is None else f"{gap:+.2f} points"))
+            if gap is None:
+                verdict = "cheaper than every pointwise model: not compared"
+            elif beyond:
+                verdict = f"{gap:+.2f} points vs {beyond}, the best pointwise model, which costs less"
+            else:
+                verdict = f"{gap:+.2f} points"
+            lines.append(f"- {name} ({where}): {verdict}")
     return lines
 
 
