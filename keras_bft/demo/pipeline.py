@@ -299,10 +299,11 @@ class Demo:
             for _ in range(2):
                 model.train_on_batch(xb, yb)
             per_step = (time.perf_counter() - start) / 2
-            # A QAT step costs ~2x a float step, plus ~30 s to trace the QAT graph and export it again;
-            # export, LiteRT scoring and benchmark ~30 s a model.
-            total += per_step * steps * (s.epochs + 2 * s.qat_epochs) + 30 + 30 * (s.qat_epochs > 0)
-        return total
+            # Fitted to the 2026-11-27 runs on 2 cores (docs/results.md): a QAT step costs ~2.5x a float
+            # step, plus ~45 s to build, trace and export the QAT model; tracing the float step, export,
+            # LiteRT scoring and benchmark ~60 s a model.
+            total += per_step * steps * (s.epochs + 2.5 * s.qat_epochs) + 60 + 45 * (s.qat_epochs > 0)
+        return total + 20  # data preparation
 
     # -- stages -------------------------------------------------------------
 
