@@ -346,6 +346,18 @@ def _int8_tensors(content):
     return interpreter, {t["index"]: t for t in interpreter.get_tensor_details()}
 
 
+def _int8_ops(content):
+    """The ops of a converted model (delegate nodes aside), asserting that only QUANTIZE/DEQUANTIZE output
+    float; and the largest int8 scale (one step of the coarsest tensor)."""
+    interpreter, tensors = _int8_tensors(content)
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    for op in ops:
+        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
+            assert all(tensors[i]["dtype"] != np.float32 for i in op["outputs"]), op["op_name"]
+    lsb = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
+    return ops, lsb
+
+
 def test_conversion_is_int8_without_representative_data(trained):
     _, qat, content = trained
     interpreter, tensors = _int8_tensors(content)
@@ -587,15 +599,9 @@ def test_shufflenet_unit_split_and_shuffle_keep_their_input_grid():
     got = qat.predict(x, verbose=0)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
     content = _convert(qat)
-    interpreter, tensors = _int8_tensors(content)
-    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    ops, lsb = _int8_ops(content)
     assert {op["op_name"] for op in ops} >= {"CONCATENATION", "TRANSPOSE", "CONV_2D"}
-    for op in ops:
-        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
-            assert all(tensors[i]["dtype"] != np.float32 for i in op["outputs"]), op["op_name"]
-    diff = np.abs(_run_tflite(content, x) - got)
-    scale = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
-    assert diff.max() <= 2 * scale
+    assert np.abs(_run_tflite(content, x) - got).max() <= 2 * lsb
 
 
 def test_hard_swish_hard_sigmoid_rescaling_convert_int8():
@@ -618,13 +624,8 @@ def test_hard_swish_hard_sigmoid_rescaling_convert_int8():
     got = qat.predict(x, verbose=0)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
     content = _convert(qat)
-    interpreter, tensors = _int8_tensors(content)
-    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    ops, lsb = _int8_ops(content)
     assert "HARD_SWISH" not in {op["op_name"] for op in ops}  # not delegated by XNNPACK in int8
-    for op in ops:
-        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
-            assert all(tensors[i]["dtype"] != np.float32 for i in op["outputs"]), op["op_name"]
-    lsb = max(float(t["quantization"][0]) for t in tensors.values() if t["dtype"] == np.int8)
     assert np.abs(_run_tflite(content, x) - got).max() <= 2 * lsb
 
 

@@ -146,6 +146,11 @@ def load_idx_dir(directory, source="data_dir"):
                 f"{split} images {x.shape} and labels {y.shape} do not match. "
                 f"Received: directory={directory!r}"
             )
+    return _fashion_mnist(arrays, source, os.path.abspath(directory))
+
+
+def _fashion_mnist(arrays, source, location):
+    """A `Dataset` from Fashion-MNIST's (N, 28, 28) uint8 arrays keyed x_train, y_train, x_test, y_test."""
     return Dataset(
         arrays["x_train"][..., None],
         arrays["y_train"].astype(np.int32),
@@ -153,35 +158,20 @@ def load_idx_dir(directory, source="data_dir"):
         arrays["y_test"].astype(np.int32),
         FASHION_MNIST_CLASSES,
         source,
-        os.path.abspath(directory),
+        location,
     )
 
 
 def load_subset(path=SUBSET_PATH):
     """Loads the stratified Fashion-MNIST subset shipped with the package."""
     with np.load(path) as f:
-        return Dataset(
-            f["x_train"][..., None],
-            f["y_train"].astype(np.int32),
-            f["x_test"][..., None],
-            f["y_test"].astype(np.int32),
-            FASHION_MNIST_CLASSES,
-            "subset",
-            path,
-        )
+        return _fashion_mnist(f, "subset", path)
 
 
 def _load_keras():
     (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
-    return Dataset(
-        x_train[..., None],
-        y_train.astype(np.int32),
-        x_test[..., None],
-        y_test.astype(np.int32),
-        FASHION_MNIST_CLASSES,
-        "keras",
-        "keras.datasets.fashion_mnist (~/.keras/datasets/fashion-mnist)",
-    )
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    return _fashion_mnist(arrays, "keras", "keras.datasets.fashion_mnist (~/.keras/datasets/fashion-mnist)")
 
 
 def load_fashion_mnist(data_dir=None, debian_dir=DEBIAN_DIR, download=True, subset_path=SUBSET_PATH,
