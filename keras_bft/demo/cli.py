@@ -28,7 +28,7 @@ def add_parser(subparsers):
                       help="one BFT model and its twin on a 5000-image subset (default; a few minutes)")
     size.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="all of Fashion-MNIST, 3 BFT and 5 pointwise widths (frontiers), 3 epochs "
-                           "+ 1 QAT epoch; prints its expected duration first (~70 min on 2 cores)")
+                           "+ 1 QAT epoch; prints its expected duration first (88 min on 2 cores)")
     size.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
                       help="a smoke test: a couple of steps on a few hundred images")
     parser.set_defaults(mode="quick")

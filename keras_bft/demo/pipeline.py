@@ -88,7 +88,7 @@ def settings_for(mode, **overrides):
         base = Settings("quick", bft_widths=(1.0,), twin_widths=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
                         frontier_twins=False, train_per_class=400, test_per_class=100, epochs=3)
     elif mode == "full":
-        # Sized for about 75 min on a 2-core laptop. Pointwise 0.25 puts BFT-1 inside the MAC frontier;
+        # 88 min on a 2-core machine (docs/results.md). Pointwise 0.25 puts BFT-1 inside the MAC frontier;
         # pointwise 1.0 reaches the int8 latency of the BFT models, so that frontier is compared too.
         base = Settings("full", bft_widths=(1.0, 1.4, 2.0), twin_widths=(0.25, 0.35, 0.5, 0.75, 1.0),
                         frontier_twins=True, epochs=3, benchmark_runs=100)
