@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.layers.butterfly_stages import ButterflyStages
 from keras_bft.ops import activations
 from keras_bft.ops import lowering as lowering_lib
 from keras_bft.quantization import quantizers
@@ -24,7 +25,9 @@ LINEAR_TYPES = (
     keras.layers.DepthwiseConv2D,
     keras.layers.Dense,
     ButterflyFusion,
+    ButterflyStages,
 )
+_BUTTERFLIES = (ButterflyFusion, ButterflyStages)
 
 
 def _apply_activation(x, activation):
@@ -200,18 +203,22 @@ class QuantizedOp(QuantizedWrapper):
 
 @keras.saving.register_keras_serializable(package="keras_bft")
 class QuantizedLinear(QuantizedWrapper):
-    """A Conv2D / DepthwiseConv2D / Dense / ButterflyFusion with its batch norm folded and int8 fake quantization.
+    """A Conv2D / DepthwiseConv2D / Dense / butterfly with its batch norm folded and int8 fake quantization.
 
     Computes `activation(batch_norm(layer(x)))` the way the int8 TFLite model
     will: the batch norm is folded into the kernel and bias, the folded kernel
     is fake-quantized per output channel (symmetric, `[-127, 127]`), and the
     output after the fused activation is fake-quantized per tensor. Dense runs
     as a 1x1 CONV_2D (the converter keeps per-channel weights for CONV_2D; its
-    FULLY_CONNECTED path rejects per-channel fake quant). ButterflyFusion runs
-    its stages as grouped 1x1 convs, each stage's folded kernel quantized per
-    channel and each stage's output quantized (int8 tensors of the exported
-    graph); the residual branch is scaled by the batch norm (a 1x1 int8
-    DEPTHWISE_CONV_2D) and added (an int8 ADD with the fused activation).
+    FULLY_CONNECTED path rejects per-channel fake quant). A butterfly runs in
+    its export form: with `lowering="dense"` its dense matrix (residual
+    included, computed from the stage kernels) is one 1x1 conv; otherwise its
+    stages (merged by `merge_stages`) run as grouped 1x1 convs through
+    `keras_bft.ops.lowering.grouped_conv_stages`, each stage's folded kernel
+    quantized per channel and each stage's output quantized (int8 tensors of
+    the exported graph); the residual branch is scaled by the batch norm (a
+    1x1 int8 DEPTHWISE_CONV_2D) and added (an int8 ADD with the fused
+    activation).
 
     Batch norm folding (Krishnamoorthi 2018, "Quantizing deep convolutional
     networks for efficient inference", section 3.2): the kernel is always
@@ -225,8 +232,8 @@ class QuantizedLinear(QuantizedWrapper):
     A batch norm with `trainable=False` always runs in inference mode.
 
     Args:
-        layer: a `Conv2D`, `DepthwiseConv2D`, `Dense` or `ButterflyFusion`
-            with linear activation and channels-last data.
+        layer: a `Conv2D`, `DepthwiseConv2D`, `Dense`, `ButterflyFusion` or
+            `ButterflyStages` with linear activation and channels-last data.
         batch_norm: optional `BatchNormalization` on the last axis that
             follows `layer`; it is folded.
         activation: `"linear"`, `"relu"` or `"relu6"` after the batch norm.
@@ -248,7 +255,7 @@ class QuantizedLinear(QuantizedWrapper):
         super().__init__(layer, ema_decay=ema_decay, **kwargs)
         if not isinstance(layer, LINEAR_TYPES):
             raise ValueError(
-                "QuantizedLinear wraps Conv2D, DepthwiseConv2D, Dense or ButterflyFusion. "
+                "QuantizedLinear wraps Conv2D, DepthwiseConv2D, Dense, ButterflyFusion or ButterflyStages. "
                 f"Received: layer={layer.name!r} ({type(layer).__name__})"
             )
         if layer.activation is not keras.activations.linear:
@@ -302,13 +309,14 @@ class QuantizedLinear(QuantizedWrapper):
         self.output_range = self._range("output")
 
     def _runs_stages(self):
-        """A ButterflyFusion exported as stages (a dense-lowered one runs as one 1x1 conv)."""
-        return isinstance(self.layer, ButterflyFusion) and self.layer.lowering != "dense"
+        """A butterfly exported as stages (a dense-lowered ButterflyFusion runs as one 1x1 conv)."""
+        return isinstance(self.layer, _BUTTERFLIES) and self.layer.lowering != "dense"
 
     def _stage_kernels(self):
         kernels, plan = list(self.layer.kernels), self.layer.plan
-        if self.layer.merge_stages is not None:
-            kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.layer.merge_stages)
+        merge_stages = getattr(self.layer, "merge_stages", None)
+        if merge_stages is not None:
+            kernels, plan = lowering_lib.merge_kernels(kernels, plan, merge_stages)
         return kernels, plan
 
     def compute_output_shape(self, input_shape):

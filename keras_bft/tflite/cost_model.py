@@ -16,6 +16,28 @@ import numpy as np
 
 COST_MODELS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_models.json")
 
+# What a conv costs in a .tflite file, per precision: (bytes per weight, bytes per output channel).
+# Per output channel the converter stores a bias (int32 / float32, zeros where the layer had none)
+# and, when quantized per channel, a float32 scale and an int64 zero point for the filter and for
+# the int8 bias: 4 + 2 * 12 = 28 bytes in int8, next to one int8 weight per input of the group.
+# tests/test_export_lowering.py holds these to converted files.
+STORAGE_BYTES = {
+    "float32": (4, 4),
+    "float16": (2, 4),
+    "dynamic": (1, 16),
+    "int8": (1, 28),
+}
+# Each op adds its output tensor (with its long scoped name and quantization parameters) and the op
+# itself: ~500 bytes, fitted on the demo's MobileNetV2 in int8 and float32 (docs/benchmarks-tflite.md);
+# it varies with the names. A staged form has 4 ops per stage (CONV_2D, RESHAPE, TRANSPOSE, RESHAPE).
+OP_BYTES = 500
+
+
+def conv_bytes(quantization, weights, output_channels):
+    """Bytes a conv with `weights` weights and `output_channels` outputs adds to a file of `quantization`."""
+    per_weight, per_channel = STORAGE_BYTES[quantization]
+    return per_weight * weights + per_channel * output_channels
+
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:

@@ -9,97 +9,18 @@ LiteRT's XNNPACK delegate runs (int8 included):
 - `HardSwishAsProduct`: hard-swish without HARD_SWISH (no int8 kernel);
 - `SplitAsBuiltin`: a two-way channel split without SPLIT_V (not delegated);
 - `Borrowed`: any other layer, run with its own weights in the new model
-  without adding a call to the caller's model.
+  without adding a call to the caller's model;
+- `frozen_quantized_butterfly`: a quantization-aware butterfly in a dense or
+  merged form with that form's kernels computed in NumPy (the converter does
+  not constant-fold them when they are computed in the graph).
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_bft.layers.butterfly_fusion import fuse_channels
+from keras_bft.layers.butterfly_stages import ButterflyStages
 from keras_bft.ops import activations
-from keras_bft.ops import lowering as lowering_lib
-from keras_bft.ops import plans
-
-
-@keras.saving.register_keras_serializable(package="keras_bft")
-class ButterflyStages(keras.layers.Layer):
-    """Export form of a ButterflyFusion: stage kernels of any plan (e.g. merged), stored as weights.
-
-    The exporter computes merged kernels on the weight side (NumPy) so the
-    converter sees plain constants: merging at trace time leaves einsums on
-    constants that TFLite's constant folding skips when large, and the int8
-    quantizer then treats the conv filters as activations.
-
-    Args:
-        stages: `(groups, group_in, group_out)` per stage.
-        in_channels: channels read (before zero-padding).
-        out_channels: channels written (after cropping).
-        residual, use_bias, activation, data_format: as in ButterflyFusion.
-        lowering: one of `keras_bft.ops.LOWERINGS` except `"dense"`.
-    """
-
-    def __init__(
-        self,
-        stages,
-        in_channels,
-        out_channels,
-        residual=True,
-        use_bias=False,
-        activation=None,
-        data_format="channels_last",
-        lowering="grouped_conv",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.stages = [tuple(int(v) for v in s) for s in stages]
-        self.plan = plans.ButterflyPlan(
-            int(in_channels), int(out_channels), tuple(plans.Stage(*s) for s in self.stages)
-        )
-        self.residual = bool(residual)
-        self.use_bias = bool(use_bias)
-        self.activation = keras.activations.get(activation)
-        self.data_format = data_format
-        if lowering not in lowering_lib.LOWERINGS or lowering == "dense":
-            raise ValueError(
-                f"`lowering` must be a staged lowering of {lowering_lib.LOWERINGS}. "
-                f"Received: lowering={lowering!r}"
-            )
-        self.lowering = lowering
-
-    def build(self, input_shape):
-        self.kernels = [
-            self.add_weight(name=f"stage_{i}_kernel", shape=s.kernel_shape, initializer="zeros")
-            for i, s in enumerate(self.plan.stages)
-        ]
-        self.bias = (
-            self.add_weight(name="bias", shape=(self.plan.out_channels,), initializer="zeros")
-            if self.use_bias
-            else None
-        )
-
-    def call(self, inputs):
-        channels_first = self.data_format == "channels_first" and len(inputs.shape) >= 3
-        return fuse_channels(
-            inputs, list(self.kernels), self.plan, self.residual, self.lowering,
-            self.bias, self.activation, channels_first,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "stages": self.stages,
-                "in_channels": self.plan.in_channels,
-                "out_channels": self.plan.out_channels,
-                "residual": self.residual,
-                "use_bias": self.use_bias,
-                "activation": keras.activations.serialize(self.activation),
-                "data_format": self.data_format,
-                "lowering": self.lowering,
-            }
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
@@ -187,26 +108,7 @@ def dense_fold(layer, shape):
 
 def staged_export_layer(layer, merge_stages, lowering="grouped_conv"):
     """A `ButterflyStages` computing `layer` with its stages merged by `merge_stages` (weights merged in NumPy)."""
-    kernels = [np.asarray(ops.convert_to_numpy(k), dtype=np.float64) for k in layer.kernels]
-    merged, plan = lowering_lib.merge_kernels(kernels, layer.plan, tuple(merge_stages))
-    new = ButterflyStages(
-        [s.kernel_shape for s in plan.stages],
-        plan.in_channels,
-        plan.out_channels,
-        residual=layer.residual,
-        use_bias=layer.use_bias,
-        activation=layer.activation,
-        data_format=layer.data_format,
-        lowering=lowering,
-        name=layer.name,
-        dtype=layer.dtype_policy,
-    )
-    new.build(None)
-    weights = [np.asarray(ops.convert_to_numpy(k), dtype=np.float32) for k in merged]
-    if layer.use_bias:
-        weights.append(ops.convert_to_numpy(layer.bias))
-    new.set_weights(weights)
-    return new
+    return ButterflyStages.from_butterfly(layer, merge_stages, lowering)
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
@@ -230,3 +132,47 @@ class Borrowed(keras.layers.Wrapper):
     def compute_output_spec(self, *args, **kwargs):
         kwargs.pop("training", None)
         return self.layer.compute_output_spec(*args, **kwargs)
+
+
+def frozen_quantized_butterfly(qlayer, input_shape):
+    """A built copy of a `QuantizedLinear` butterfly whose dense or merged kernels are weights.
+
+    Same function, same ranges, same batch norm: only the weight-side work
+    (`dense_kernel()`, merged stage kernels) is done here in NumPy.
+
+    Args:
+        qlayer: a built `QuantizedLinear` wrapping a ButterflyFusion in a dense
+            (`lowering="dense"`) or merged (`merge_stages`) form.
+        input_shape: its input shape (batch first).
+
+    Returns:
+        A built `QuantizedLinear` wrapping a 1x1 `Conv2D` (`Dense`) or a
+        `ButterflyStages`, or None for unmerged stages (nothing to freeze).
+    """
+    from keras_bft.quantization import QuantizedLinear
+
+    layer = qlayer.layer
+    if layer.lowering == "dense":
+        inner = dense_fold(layer, input_shape)
+    elif layer.merge_stages is not None:
+        inner = staged_export_layer(layer, layer.merge_stages)
+    else:
+        return None
+    batch_norm = qlayer.batch_norm
+    new_bn = None if batch_norm is None else batch_norm.__class__.from_config(batch_norm.get_config())
+    new = QuantizedLinear(
+        inner,
+        batch_norm=new_bn,
+        activation=qlayer.activation,
+        quantize_output=qlayer.quantize_output,
+        ema_decay=qlayer.ema_decay,
+        name=qlayer.name,
+    )
+    new.build(input_shape)
+    if new_bn is not None:
+        new_bn.set_weights(batch_norm.get_weights())
+    ranges = {v.name: v for v in qlayer.weights if v.name.endswith(("_min", "_max", "_updates"))}
+    for variable in new.weights:
+        if variable.name in ranges:
+            variable.assign(ranges[variable.name])
+    return new

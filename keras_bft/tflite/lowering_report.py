@@ -63,7 +63,8 @@ class LoweringReport:
         return dataclasses.replace(self, measured_ms=float(measured_ms))
 
     def summary(self):
-        """`{form: {"layers", "macs", "keras_macs", "weights", "keras_weights", "predicted_us", "original_us"}}`."""
+        """`{form: {"layers", "macs", "keras_macs", "weights", "keras_weights", "bytes", "keras_bytes",
+        "predicted_us", "original_us"}}`; `keras_*` and `original_us`: the same layers as trained."""
         rows = {}
         for form in FORMS:
             chosen = [d for d in self.decisions if d.form == form]
@@ -73,6 +74,8 @@ class LoweringReport:
                 "keras_macs": sum(d.keras_macs for d in chosen),
                 "weights": sum(d.weights for d in chosen),
                 "keras_weights": sum(d.keras_weights for d in chosen),
+                "bytes": sum(d.bytes for d in chosen),
+                "keras_bytes": sum(d.keras_bytes for d in chosen),
                 "predicted_us": sum(d.predicted_us for d in chosen),
                 "original_us": sum(d.original_us for d in chosen),
             }
@@ -93,28 +96,32 @@ class LoweringReport:
         return self.model_weights + sum(d.weights - d.keras_weights for d in self.decisions)
 
     def verdict(self):
-        """One sentence: what happened to the butterflies and what it buys."""
+        """One sentence: what happened to the butterflies and what it buys or costs."""
         total = len(self.decisions)
         if not total:
             return "No ButterflyFusion layer was rewritten."
         rows = self.summary()
         predicted = sum(d.predicted_us for d in self.decisions) / 1e3
         original = sum(d.original_us for d in self.decisions) / 1e3
+        size = sum(d.bytes for d in self.decisions) / 1024
+        staged_size = sum(d.keras_bytes for d in self.decisions) / 1024
         dense = rows["dense"]["layers"]
+        times = f"predicted {predicted:.2f} ms vs {original:.2f} ms as trained"
+        sizes = f"{size:,.0f} KiB of butterfly weights and metadata vs {staged_size:,.0f} KiB as trained"
         if dense == total:
-            return (
-                f"{dense}/{total} butterflies folded to dense: at this input size the butterfly "
-                f"brings no speed-up (predicted {predicted:.2f} ms vs {original:.2f} ms as stages), "
-                "and the file carries dense weights; objective='size' keeps the stages."
+            text = (
+                f"{dense}/{total} butterflies folded to dense: at this input size the butterfly brings "
+                f"no speed-up ({times}); {sizes}."
             )
-        staged = total - dense
-        text = (
-            f"{staged}/{total} butterflies kept as stages ({rows['merged']['layers']} of them merged), "
-            f"{dense} folded to dense: predicted {predicted:.2f} ms vs {original:.2f} ms with every "
-            "butterfly as trained."
-        )
-        if dense and self.objective == "latency":
-            text += " objective='size' keeps every butterfly's weight count."
+        else:
+            text = (
+                f"{total - dense}/{total} butterflies kept as stages ({rows['merged']['layers']} of them "
+                f"merged), {dense} folded to dense: {times}; {sizes}."
+            )
+        if self.objective == "latency" and size > 1.05 * staged_size:
+            text += " objective='size' keeps the file small."
+        elif self.objective == "size" and predicted < 0.95 * original:
+            text += " Folds and merges that add no bytes were taken for speed."
         return text
 
     def __str__(self):
@@ -125,19 +132,22 @@ class LoweringReport:
             f"{len(self.decisions)} ButterflyFusion layer(s)"
         ]
         if self.decisions:
-            lines.append(
-                "  form                          layers   MACs export / Keras   weights export / Keras   "
-                "predicted us (as trained)"
-            )
+            header = ("form", "layers", "MACs", "weights", "file KiB", "predicted us")
+            table = [header, ("", "", "export / as trained", "", "", "")]
             for form, row in self.summary().items():
                 if not row["layers"]:
                     continue
-                lines.append(
-                    f"  {FORM_TITLES[form]:<29} {row['layers']:>6}   "
-                    f"{_m(row['macs']):>9} / {_m(row['keras_macs']):<9} "
-                    f"{_m(row['weights']):>9} / {_m(row['keras_weights']):<12} "
-                    f"{row['predicted_us']:>9.0f} ({row['original_us']:.0f})"
-                )
+                table.append((
+                    FORM_TITLES[form],
+                    str(row["layers"]),
+                    f"{_m(row['macs'])} / {_m(row['keras_macs'])}",
+                    f"{_m(row['weights'])} / {_m(row['keras_weights'])}",
+                    f"{row['bytes'] / 1024:,.0f} / {row['keras_bytes'] / 1024:,.0f}",
+                    f"{row['predicted_us']:,.0f} / {row['original_us']:,.0f}",
+                ))
+            widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+            for r in table:
+                lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if self.model_weights is not None and self.decisions:
             model = f"  model: {_m(self.export_weights)} weights exported vs {_m(self.model_weights)} in Keras"
             if self.model_macs is not None:

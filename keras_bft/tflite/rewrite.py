@@ -141,12 +141,18 @@ class _Pass:
     def rebuild(self, decisions):
         """The export model, or None when nothing in it changes."""
         by_call = {id(call): decisions[site] for call, site in self.sites if site.fixed is None}
+        frozen = {}
+        for call, site in self.sites:
+            if site.fixed is not None:
+                new = export_layers.frozen_quantized_butterfly(call.layer, self._input_shape(call))
+                if new is not None:
+                    frozen[id(call)] = new
         nested_models = {key: p.rebuild(decisions) for key, p in self.nested.items()}
         split_or_swish = any(
             isinstance(c.layer, ChannelSplit) or (self.quantization == "int8" and _is_hard_swish(c.layer))
             for c in self.graph.calls
         )
-        if not by_call and not split_or_swish and not any(m is not None for m in nested_models.values()):
+        if not (by_call or frozen or split_or_swish or any(m is not None for m in nested_models.values())):
             return None
         replaced = {}
 
@@ -156,6 +162,8 @@ class _Pass:
             if id(call) in nested_models:
                 nested = nested_models[id(call)]
                 return (nested if nested is not None else _borrow(layer))(*args, **kwargs)
+            if id(call) in frozen:
+                return frozen[id(call)](*args, **kwargs)
             if id(call) in by_call:
                 if id(layer) not in replaced:
                     replaced[id(layer)] = _export_butterfly(layer, by_call[id(call)], self._input_shape(call))
@@ -205,9 +213,7 @@ def _plan(model, quantization, shapes, objective, cost_model, size_budget):
         )
         return None, LoweringReport(quantization, None, shapes, notes=(note,))
     sites = rewrite.all_sites()
-    decisions = search.decide(
-        sites, quantization, objective, cost_model, model.count_params(), size_budget
-    )
+    decisions = search.decide(sites, quantization, objective, cost_model, size_budget)
     report = LoweringReport(
         quantization,
         objective,

@@ -12,12 +12,15 @@ them to the dense oracle):
 Objectives:
 
 - `"latency"`: the form the cost model (`cost_model.CostModel`) predicts fastest;
-- `"size"`: the fastest form with no more weights than the trained stages (a
-  fold or a merge that adds weights is never taken), so the file stays close
-  to the parameter count;
+- `"size"`: the fastest form that adds no bytes to the file next to the
+  trained stages. Bytes count the weights, what the converter stores per
+  conv output channel (`cost_model.STORAGE_BYTES`: in int8, 28 bytes of bias
+  and per-channel scales, more than a radix-8 stage's 8 weights) and per op
+  (`cost_model.OP_BYTES`), so a fold of a small layer (one conv) can be
+  smaller than its stages (several);
 - `"balanced"`: starting from the size choice, the forms that buy the most
-  predicted time per added weight, while the model's weights stay within
-  `size_budget` times its weights with every butterfly staged.
+  predicted time per added byte, while the butterflies' bytes stay within
+  `size_budget` times their bytes in the size choice.
 """
 
 import dataclasses
@@ -52,7 +55,7 @@ def compositions(count):
 
 @dataclasses.dataclass(frozen=True)
 class Form:
-    """One exact form of a butterfly: its weights, MACs per position and predicted time."""
+    """One exact form of a butterfly: its weights, file bytes, MACs per position and predicted time."""
 
     kind: str  # "dense" or "stages"
     merge_stages: tuple
@@ -60,9 +63,10 @@ class Form:
     weights: int
     macs: int
     predicted_us: float
+    bytes: int = 0
 
 
-def forms(plan, positions, residual, cost_model, can_fold=True, followed_by_bn=False):
+def forms(plan, positions, residual, cost_model, can_fold=True, followed_by_bn=False, quantization="int8"):
     """Every form of a butterfly of `plan` over `positions` pixels, staged forms first.
 
     Args:
@@ -74,34 +78,40 @@ def forms(plan, positions, residual, cost_model, can_fold=True, followed_by_bn=F
         followed_by_bn: a BatchNormalization consumes the output. TFLite folds
             it into a dense fold's conv for free; after stages its scale stays
             one elementwise pass, charged to the staged forms.
+        quantization: the export precision (bytes per weight and per channel).
 
     Returns:
-        A list of `Form`s.
+        A list of `Form`s, the stages as trained first.
     """
     epilogue = cost_model.epilogue_us(positions, plan.out_channels) if followed_by_bn else 0.0
     result = []
     for segments in compositions(plan.num_stages):
         merged = plan.merge(segments)
         cost = cost_model.stages_us(positions, merged, residual) + epilogue
-        result.append(Form("stages", segments, merged.radices, merged.macs, merged.macs, cost))
+        size = sum(cost_model_lib.conv_bytes(quantization, s.macs, s.out_channels) for s in merged.stages)
+        size += 4 * cost_model_lib.OP_BYTES * merged.num_stages
+        result.append(Form("stages", segments, merged.radices, merged.macs, merged.macs, cost, size))
+    result.sort(key=lambda f: -len(f.merge_stages))
     if can_fold:
         weights = plan.in_channels * plan.out_channels
         cost = cost_model.dense_us(positions, plan.in_channels, plan.out_channels)
         core = (min(plan.in_channels, plan.out_channels),)
-        result.append(Form("dense", (plan.num_stages,), core, weights, weights, cost))
+        size = cost_model_lib.conv_bytes(quantization, weights, plan.out_channels) + cost_model_lib.OP_BYTES
+        result.append(Form("dense", (plan.num_stages,), core, weights, weights, cost, size))
     return result
 
 
 def _fastest(candidates):
-    # Ties go to fewer weights, then to the staged forms (listed first).
-    return min(candidates, key=lambda f: (f.predicted_us, f.weights))
+    # Ties go to fewer bytes, then to the earlier form (the stages as trained come first).
+    return min(candidates, key=lambda f: (f.predicted_us, f.bytes))
 
 
-def choose(candidates, objective, staged_weights):
+def choose(candidates, objective):
     """The form `objective` picks among `candidates` of one layer ("balanced": its size choice)."""
     if objective == "latency":
         return _fastest(candidates)
-    return _fastest([f for f in candidates if f.weights <= staged_weights])
+    as_trained = candidates[0]
+    return _fastest([f for f in candidates if f.bytes <= as_trained.bytes])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +129,8 @@ class Decision:
         positions: pixels of the layer's input at the export shape (batch included).
         weights: weights of the exported form (bias not counted).
         keras_weights: weights of the trained stages.
+        bytes: predicted bytes of the exported form in the file.
+        keras_bytes: predicted bytes of the trained stages in the file.
         macs: MACs of the exported form at the export shape.
         keras_macs: MACs of the trained stages at the export shape.
         chosen_by: the objective that chose it, or `"quantize_model"` for a
@@ -138,6 +150,8 @@ class Decision:
     macs: int = 0
     keras_macs: int = 0
     chosen_by: str = "latency"
+    bytes: int = 0
+    keras_bytes: int = 0
 
     @property
     def form(self):
@@ -153,8 +167,8 @@ class Decision:
         )
 
 
-def make_decision(name, plan, form, positions, original_us, chosen_by):
-    """The `Decision` exporting the layer `name` of `plan` in `form`."""
+def make_decision(name, plan, form, as_trained, positions, chosen_by):
+    """The `Decision` exporting the layer `name` of `plan` in `form` (`as_trained`: its unmerged stages)."""
     return Decision(
         layer=name,
         kind=form.kind,
@@ -162,22 +176,15 @@ def make_decision(name, plan, form, positions, original_us, chosen_by):
         merge_stages=tuple(form.merge_stages),
         radices=tuple(form.radices),
         predicted_us=form.predicted_us,
-        original_us=original_us,
+        original_us=as_trained.predicted_us,
         positions=int(positions),
         weights=int(form.weights),
         keras_weights=int(plan.macs),
         macs=int(positions * form.macs),
         keras_macs=int(positions * plan.macs),
         chosen_by=chosen_by,
-    )
-
-
-def _original_us(plan, positions, residual, cost_model, followed_by_bn):
-    ones = (1,) * plan.num_stages
-    return next(
-        f.predicted_us
-        for f in forms(plan, positions, residual, cost_model, False, followed_by_bn)
-        if f.merge_stages == ones
+        bytes=int(form.bytes),
+        keras_bytes=int(as_trained.bytes),
     )
 
 
@@ -208,10 +215,9 @@ def choose_lowering(
     check_objective(objective)
     cost_model = cost_model or cost_model_lib.default_cost_model(quantization)
     plan = layer.plan
-    candidates = forms(plan, positions, layer.residual, cost_model, allow_dense, followed_by_bn)
-    form = choose(candidates, objective, plan.macs)
-    original = _original_us(plan, positions, layer.residual, cost_model, followed_by_bn)
-    return make_decision(layer.name, plan, form, positions, original, objective)
+    candidates = forms(plan, positions, layer.residual, cost_model, allow_dense, followed_by_bn, quantization)
+    form = choose(candidates, objective)
+    return make_decision(layer.name, plan, form, candidates[0], positions, objective)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -235,8 +241,7 @@ class Site:
     fixed: object = None
 
 
-def decide(sites, quantization, objective="latency", cost_model=None, model_weights=None,
-           size_budget=BALANCED_SIZE_BUDGET):
+def decide(sites, quantization, objective="latency", cost_model=None, size_budget=BALANCED_SIZE_BUDGET):
     """One `Decision` per site, for `objective`.
 
     Args:
@@ -244,9 +249,8 @@ def decide(sites, quantization, objective="latency", cost_model=None, model_weig
         quantization: the export precision.
         objective: one of `OBJECTIVES`.
         cost_model: optional `CostModel`.
-        model_weights: the model's weight count, for the `"balanced"` budget.
-        size_budget: `"balanced"` keeps the model's weights within this
-            factor of its weights with every butterfly in its `"size"` form.
+        size_budget: `"balanced"` keeps the butterflies' bytes within this
+            factor of their bytes in the `"size"` forms.
 
     Returns:
         A list of `Decision`s in the order of `sites`.
@@ -257,31 +261,26 @@ def decide(sites, quantization, objective="latency", cost_model=None, model_weig
     for site in sites:
         plan = site.layer.plan
         candidates = forms(plan, site.positions, site.layer.residual, cost_model, site.can_fold,
-                           site.followed_by_bn)
+                           site.followed_by_bn, quantization)
         if site.fixed is not None:
-            candidates = [f for f in candidates if (f.kind, f.merge_stages) == site.fixed] or candidates
-            form = candidates[0]
+            form = next(f for f in candidates if (f.kind, f.merge_stages) == site.fixed)
         else:
-            form = choose(candidates, objective, plan.macs)
+            form = choose(candidates, objective)
         options.append(candidates)
         chosen.append(form)
     if objective == "balanced":
-        _spend_budget(sites, options, chosen, model_weights, size_budget)
+        _spend_budget(sites, options, chosen, size_budget)
     decisions = []
-    for site, form in zip(sites, chosen):
-        plan = site.layer.plan
-        original = _original_us(plan, site.positions, site.layer.residual, cost_model, site.followed_by_bn)
+    for site, form, candidates in zip(sites, chosen, options):
         by = "quantize_model" if site.fixed is not None else objective
-        decisions.append(make_decision(site.name, plan, form, site.positions, original, by))
+        decisions.append(make_decision(site.name, site.layer.plan, form, candidates[0], site.positions, by))
     return decisions
 
 
-def _spend_budget(sites, options, chosen, model_weights, size_budget):
-    """Greedy: upgrade the form that saves the most time per added weight while the budget lasts."""
-    staged = sum(form.weights for form in chosen)
-    total = (model_weights or 0) - sum(site.layer.plan.macs for site in sites) + staged
-    budget = size_budget * max(total, staged)
-    spent = total
+def _spend_budget(sites, options, chosen, size_budget):
+    """Greedy: upgrade the form that saves the most time per added byte while the budget lasts."""
+    spent = sum(form.bytes for form in chosen)
+    budget = size_budget * spent
     while True:
         best = None
         for i, (site, candidates) in enumerate(zip(sites, options)):
@@ -290,7 +289,7 @@ def _spend_budget(sites, options, chosen, model_weights, size_budget):
             current = chosen[i]
             for form in candidates:
                 saved = current.predicted_us - form.predicted_us
-                added = form.weights - current.weights
+                added = form.bytes - current.bytes
                 if saved <= 0 or spent + added > budget:
                     continue
                 ratio = saved / max(added, 1)
