@@ -295,3 +295,33 @@ def test_cli_objectives_are_the_searchs():
     for objective in search.OBJECTIVES:
         args = parser.parse_args(["convert", "m.keras", "-o", "m.tflite", "--objective", objective])
         assert args.objective == objective
+
+
+def test_channel_layers_moved_and_old_files_load(tmp_path):
+    import zipfile
+
+    from keras_bft import applications as apps
+    from keras_bft import layers
+
+    assert apps.ChannelSplit is layers.ChannelSplit and apps.ChannelShuffle is layers.ChannelShuffle
+    inputs = keras.Input((4, 4, 6))
+    left, right = layers.ChannelSplit(name="split")(inputs)
+    outputs = layers.ChannelShuffle(3, name="shuffle")(keras.layers.Concatenate()([right, left]))
+    model = keras.Model(inputs, outputs)
+    path = tmp_path / "new.keras"
+    model.save(path)
+    # A file written when the layers lived in keras_bft.applications.layers.
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                text = data.decode().replace('"keras_bft.layers.channel"', '"keras_bft.applications.layers"')
+                assert "keras_bft.applications.layers" in text
+                data = text.encode()
+            dst.writestr(item, data)
+    x = np.arange(96, dtype="float32").reshape(1, 4, 4, 6)
+    for file in (path, old):
+        loaded = keras.saving.load_model(file, safe_mode=True)
+        np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+        assert type(loaded.get_layer("split")) is layers.ChannelSplit

@@ -71,7 +71,7 @@ class Settings:
     calibration_images: int = 200
     verify_images: int = 100
     benchmark_runs: int = 50
-    run_eagerly: bool = False  # tiny runs: a few eager steps beat a ~30 s graph trace
+    run_eagerly: bool = False  # tiny runs: a few eager steps cost less than tracing the graph once
     seed: int = 0
 
 

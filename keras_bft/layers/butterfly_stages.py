@@ -16,7 +16,7 @@ class ButterflyStages(keras.layers.Layer):
     """A butterfly of an explicit plan (e.g. merged stages), its stage kernels stored as weights.
 
     The exporter's form of a ButterflyFusion whose stages it merged: it
-    computes the merged kernels on the weight side (NumPy, `from_butterfly`)
+    computes the merged kernels on the weight side (NumPy, `from_fusion`)
     so the converter sees plain constants. Merging at trace time leaves
     einsums on constants that TFLite's constant folding skips when large, and
     the int8 quantizer then treats the conv filters as activations.
@@ -69,7 +69,7 @@ class ButterflyStages(keras.layers.Layer):
         )
 
     @classmethod
-    def from_butterfly(cls, layer, merge_stages, lowering="grouped_conv"):
+    def from_fusion(cls, layer, merge_stages, lowering="grouped_conv"):
         """A built `ButterflyStages` computing the built ButterflyFusion `layer` with its stages merged.
 
         Args:

@@ -168,7 +168,7 @@ def grouped_conv_1x1(x, kernel):
     """Grouped 1x1 convolution of NHWC `x` (groups = channels / `kernel.shape[2]`)."""
     if keras.backend.backend() == "tensorflow":
         # keras.ops.conv runs grouped convs on TF through a new XLA function
-        # per call (recompiled in every eager call, ~8x slower training steps);
+        # per call (recompiled in every eager call: much slower training steps);
         # TF's own grouped Conv2D is correct on CPU (the tests hold it to the
         # NumPy oracle), converts to a grouped CONV_2D, and gets its gradient here.
         return _tf_grouped_conv_1x1()(x, kernel)

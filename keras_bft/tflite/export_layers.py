@@ -10,7 +10,7 @@ LiteRT's XNNPACK delegate runs (int8 included):
 - `SplitAsBuiltin`: a two-way channel split without SPLIT_V (not delegated);
 - `Borrowed`: any other layer, run with its own weights in the new model
   without adding a call to the caller's model;
-- `frozen_quantized_butterfly`: a quantization-aware butterfly in a dense or
+- `frozen_quantized_fusion`: a quantization-aware butterfly in a dense or
   merged form with that form's kernels computed in NumPy (the converter does
   not constant-fold them when they are computed in the graph).
 """
@@ -108,7 +108,7 @@ def dense_fold(layer, shape):
 
 def staged_export_layer(layer, merge_stages, lowering="grouped_conv"):
     """A `ButterflyStages` computing `layer` with its stages merged by `merge_stages` (weights merged in NumPy)."""
-    return ButterflyStages.from_butterfly(layer, merge_stages, lowering)
+    return ButterflyStages.from_fusion(layer, merge_stages, lowering)
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
@@ -134,7 +134,7 @@ class Borrowed(keras.layers.Wrapper):
         return self.layer.compute_output_spec(*args, **kwargs)
 
 
-def frozen_quantized_butterfly(qlayer, input_shape):
+def frozen_quantized_fusion(qlayer, input_shape):
     """A built copy of a `QuantizedLinear` butterfly whose dense or merged kernels are weights.
 
     Same function, same ranges, same batch norm: only the weight-side work

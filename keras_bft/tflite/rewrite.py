@@ -144,7 +144,7 @@ class _Pass:
         frozen = {}
         for call, site in self.sites:
             if site.fixed is not None:
-                new = export_layers.frozen_quantized_butterfly(call.layer, self._input_shape(call))
+                new = export_layers.frozen_quantized_fusion(call.layer, self._input_shape(call))
                 if new is not None:
                     frozen[id(call)] = new
         nested_models = {key: p.rebuild(decisions) for key, p in self.nested.items()}
@@ -166,7 +166,7 @@ class _Pass:
                 return frozen[id(call)](*args, **kwargs)
             if id(call) in by_call:
                 if id(layer) not in replaced:
-                    replaced[id(layer)] = _export_butterfly(layer, by_call[id(call)], self._input_shape(call))
+                    replaced[id(layer)] = _export_form(layer, by_call[id(call)], self._input_shape(call))
                 return replaced[id(layer)](*args, **kwargs)
             if isinstance(layer, ChannelSplit):
                 axis, first, _ = layer.split_sizes(call.input_shape)
@@ -184,7 +184,7 @@ def _borrow(layer):
     return export_layers.Borrowed(layer, name=layer.name, dtype=layer.dtype_policy)
 
 
-def _export_butterfly(layer, decision, shape):
+def _export_form(layer, decision, shape):
     if decision.kind == "dense":
         new = export_layers.dense_fold(layer, shape)
         if new is not None:
