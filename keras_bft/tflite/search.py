@@ -230,7 +230,7 @@ class Site:
         positions: pixels of its input at the export shape (batch included).
         can_fold: whether a dense fold is expressible for its input.
         followed_by_bn: whether only BatchNormalization layers consume its output.
-        fixed: a `Form` already chosen (a quantization-aware layer), else None.
+        fixed: `(kind, merge_stages)` already chosen (a quantization-aware layer), else None.
     """
 
     name: str
