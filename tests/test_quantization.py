@@ -602,9 +602,9 @@ def test_keras_bft_tflite_convert_without_representative_data(trained):
 
 
 def test_shufflenet_unit_split_and_shuffle_keep_their_input_grid():
-    """ChannelSplit / ChannelShuffle (keras_bft.applications) are same-scale: no range, int8 SPLIT/TRANSPOSE."""
-    from keras_bft.applications.layers import ChannelShuffle
-    from keras_bft.applications.layers import ChannelSplit
+    """ChannelSplit / ChannelShuffle (keras_bft.layers) are same-scale: no range, int8 SPLIT/TRANSPOSE."""
+    from keras_bft.layers import ChannelShuffle
+    from keras_bft.layers import ChannelSplit
 
     keras.utils.set_random_seed(4)
     inputs = keras.Input((6, 6, 16))

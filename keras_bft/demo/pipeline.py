@@ -229,6 +229,7 @@ class Demo:
         self.log = log or (lambda *args: print(*args, flush=True))
         self.results = []
         self.notes = []  # pipeline-wide notes (skipped stages and why)
+        self._reports = {}  # (result name, objective) -> the exporter's LoweringReport
 
     # -- data ---------------------------------------------------------------
 
@@ -349,6 +350,7 @@ class Demo:
                 f.write(int8)
             paths[objective] = path
             if lowering.decisions:
+                self._reports[(result.name, objective)] = lowering
                 result.lowering[objective] = str(lowering)
             if objective == OBJECTIVES[0]:
                 result.int8_model = os.path.relpath(path, self.tmp_dir)
@@ -405,6 +407,9 @@ class Demo:
                 result.size_objective_latency_ms = {
                     **(result.size_objective_latency_ms or {}), threads: float(row["median_ms"])
                 }
+            report = self._reports.get((result.name, objective))
+            if report is not None and threads == 1:
+                result.lowering[objective] = str(report.with_measurement(row["median_ms"]))
             if not row["fully_accelerated"] and threads == 1:
                 result.notes.append(
                     f"int8 model ({objective} objective) NOT fully delegated to XNNPACK (LiteRT benchmark tool)"

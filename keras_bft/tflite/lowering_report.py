@@ -26,7 +26,7 @@ class LoweringReport:
     `str(report)` is the summary `keras-bft convert` prints: per form, how
     many butterflies, their MACs and weights in the exported model vs the
     Keras model, and the predicted time (and the measured one, once set with
-    `with_measurement`).
+    `with_measurement`). Iterating, indexing and `len` go over `decisions`.
 
     Attributes:
         quantization: the export precision.
@@ -154,7 +154,7 @@ class LoweringReport:
                 model += f"; {_m(self.export_macs)} MACs vs {_m(self.model_macs)}"
             lines.append(model)
         if self.measured_ms is not None:
-            lines.append(f"  measured: {self.measured_ms:.3f} ms (median, LiteRT)")
+            lines.append(f"  measured: the whole model {self.measured_ms:.3f} ms (median, LiteRT, 1 thread)")
         lines.append("  " + self.verdict())
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)

@@ -211,6 +211,11 @@ def _plan(model, quantization, shapes, objective, cost_model, size_budget):
             "without the exporter's rewrite: build it as a functional model (keras.Model(inputs, "
             "outputs)) to let the exporter choose each butterfly's form."
         )
+        if quantization == "int8":
+            note += (
+                " In int8, give its ButterflyFusion layers lowering='grouped_conv': XNNPACK does not "
+                "run the int8 BATCH_MATMUL of the default lowering."
+            )
         return None, LoweringReport(quantization, None, shapes, notes=(note,))
     sites = rewrite.all_sites()
     decisions = search.decide(sites, quantization, objective, cost_model, size_budget)
