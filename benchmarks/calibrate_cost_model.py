@@ -1,4 +1,4 @@
-"""Measures the coefficients of keras_bft.tflite.rewrite.CostModel in LiteRT (XNNPACK), then checks its predictions.
+"""Measures the coefficients of keras_bft.tflite.cost_model.CostModel in LiteRT (XNNPACK), then checks its predictions.
 
 Single-op models at 1x14x14xC, converted without the exporter rewrite and timed
 interleaved with keras_bft.tflite.benchmark:
@@ -7,7 +7,10 @@ interleaved with keras_bft.tflite.benchmark:
 - residual Add -> ns per value.
 Then whole ButterflyFusion layers in several exact lowerings: measured vs predicted.
 
-Usage: PYTHONPATH=. python benchmarks/calibrate_cost_model.py [--quantization int8|float32] [--threads 1]
+With --write, the fitted coefficients replace the ones the exporter uses
+(keras_bft/tflite/cost_models.json), with the date, runtime and machine.
+
+Usage: PYTHONPATH=. python benchmarks/calibrate_cost_model.py [--quantization int8|float32] [--threads 1] [--write]
 """
 
 import argparse
@@ -20,7 +23,8 @@ import numpy as np
 
 from keras_bft import ButterflyFusion
 from keras_bft import tflite
-from keras_bft.tflite import rewrite
+from keras_bft.tflite import cost_model
+from keras_bft.tflite import export_layers
 
 HW = 14
 CHANNELS = 512
@@ -65,6 +69,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--write", action="store_true", help="store the fit in keras_bft/tflite/cost_models.json")
     args = parser.parse_args()
     q = args.quantization
     positions = HW * HW
@@ -87,11 +92,18 @@ def main():
         group_ns.append((a, ms[f"gconv a={a}"] * 1e6 / macs))
     shuffle_ns = ms["shuffle"] * 1e6 / (positions * CHANNELS)
     add_ns = max(ms["gconv a=8 + add"] - ms["gconv a=8"], 0.0) * 1e6 / (positions * CHANNELS)
-    fitted = rewrite.CostModel(
+    import ai_edge_litert
+
+    fitted = cost_model.CostModel(
         group_ns_per_mac=tuple((a, round(ns, 4)) for a, ns in group_ns),
         shuffle_ns_per_value=round(shuffle_ns, 4),
         add_ns_per_value=round(add_ns, 4),
-        op_us=rewrite.default_cost_model(q).op_us,
+        op_us=cost_model.default_cost_model(q).op_us,
+        fitted=(
+            f"benchmarks/calibrate_cost_model.py --quantization {q} --threads {args.threads}; "
+            f"{datetime.date.today().isoformat()}; LiteRT {getattr(ai_edge_litert, '__version__', '?')} "
+            f"XNNPACK; {platform.processor() or platform.machine()}; op_us assumed, not fitted"
+        ),
     )
     print(tflite.benchmark_markdown(rows))
     print("Fitted:", fitted)
@@ -114,7 +126,7 @@ def main():
             model = keras.Model(x, keras.layers.Conv2D(channels, 1, use_bias=False)(x))
             predicted.append(fitted.dense_us(positions, channels, channels) / 1e3)
         else:
-            model = keras.Model(x, rewrite.staged_export_layer(layer, segments)(x))
+            model = keras.Model(x, export_layers.staged_export_layer(layer, segments)(x))
             predicted.append(fitted.stages_us(positions, plan, True) / 1e3)
         names.append(f"{channels} {kind} radices={plan.radices}")
         blobs.append(_convert(model, q))
@@ -122,6 +134,9 @@ def main():
     print("| layer (1x14x14) | measured ms | predicted ms |\n|---|---|---|")
     for row, p in zip(rows2, predicted):
         print(f"| {row['name']} | {row['median_ms']:.3f} | {p:.3f} |")
+    if args.write:
+        cost_model.save_cost_model("int8" if q == "int8" else "float32", fitted)
+        print(f"wrote the {q} cost model to {cost_model.COST_MODELS_FILE}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

@@ -8,9 +8,13 @@ threads). Ratios are median / the pointwise twin's median from the same run.
 Rows "..._zero_cost_fusion" replace every ButterflyFusion by a free channel
 slice/repeat: the floor no 1x1 replacement can go below.
 
+The demo32 pair also exports the BFT model for objective="size" and "balanced"
+(`convert(..., objective=...)`), and `--extra NAME=PATH` times prebuilt .tflite
+files in the same interleaved run (e.g. the file an older checkout wrote).
+
 Usage:
     PYTHONPATH=. python benchmarks/export.py [--pairs layer,v1,v2,matched,demo32] [--runs 50]
-        [--json out.json] [--markdown out.md]
+        [--extra NAME=PATH ...] [--json out.json] [--markdown out.md]
 """
 
 import argparse
@@ -27,8 +31,9 @@ import numpy as np
 
 from keras_bft import ButterflyFusion
 from keras_bft import tflite
-from keras_bft.tflite import rewrite
+from keras_bft.tflite import cost_model
 from keras_bft.tflite import synthetic
+from keras_bft.utils.layer_graph import LayerGraph
 
 # name -> (description, target ratio at 1 thread, target at 2 threads)
 TARGETS = {
@@ -37,11 +42,12 @@ TARGETS = {
     "v2": ("MobileNetV2BFT 2.0@224 k=4 vs pointwise twin", 0.8, None),
     "matched": ("matched FLOPs: MobileNetV1BFT 1.0@160 k=4 vs pointwise 0.25@224", None, None),
     "v1_raw": ("MobileNetV1BFT 1.0@224 k=4 converted without the rewrite vs pointwise twin", None, None),
-    "demo32": ("the demo's MobileNetV2BFT 1.0@32x32x1 vs its MAC twin pointwise 0.35 and pointwise 1.0", None, None),
+    "demo32": ("the demo's MobileNetV2BFT 1.0@32x32x1 (latency, size and balanced objectives) vs its MAC twin "
+               "pointwise 0.35 and pointwise 1.0", None, None),
 }
 
 
-class _KeepStaged(rewrite.CostModel):
+class _KeepStaged(cost_model.CostModel):
     """The int8 cost model with the dense fold and the all-in-one merge ruled out: at least two stages."""
 
     def dense_us(self, positions, in_channels, out_channels):
@@ -89,12 +95,13 @@ def _zero_cost(model):
     # A BatchNormalization and a ReLU after a 1x1 conv are folded into it for free; after a slice they
     # would cost passes of their own, so the floor drops them too.
     free = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Activation)
+    graph = LayerGraph(model)
     dropped = set()
-    for layer in model.layers:
-        if isinstance(layer, free) and layer._inbound_nodes:
-            source = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
-            if isinstance(source, ButterflyFusion) or source.name in dropped:
-                dropped.add(layer.name)
+    for call in graph.calls:
+        source = graph.producer(call.inputs[0]) if call.inputs else None
+        if isinstance(call.layer, free) and source is not None:
+            if isinstance(source.layer, ButterflyFusion) or source.layer.name in dropped:
+                dropped.add(call.layer.name)
 
     def clone(layer):
         if isinstance(layer, ButterflyFusion):
@@ -135,9 +142,12 @@ def build(pair):
                                        classifier_activation=None)
 
         bft = v2(1.0, "butterfly")
-        staged = _KeepStaged(**dataclasses.asdict(rewrite.INT8_COST_MODEL))
-        return [v2(0.35, "pointwise"), bft, bft, _zero_cost(bft), v2(1.0, "pointwise")], [
-            {"label": "pointwise_0.35"}, {}, {"label": bft.name + "_all_staged", "cost_model": staged},
+        staged = _KeepStaged(**dataclasses.asdict(cost_model.default_cost_model("int8")))
+        return [v2(0.35, "pointwise"), bft, bft, bft, bft, _zero_cost(bft), v2(1.0, "pointwise")], [
+            {"label": "pointwise_0.35"}, {"label": bft.name + "_latency"},
+            {"label": bft.name + "_size", "objective": "size"},
+            {"label": bft.name + "_balanced", "objective": "balanced"},
+            {"label": bft.name + "_all_staged", "cost_model": staged},
             {"label": bft.name + "_zero_cost_fusion"}, {"label": "pointwise_1.0"},
         ]
     raise ValueError(f"Unknown pair. Received: pair={pair!r} (known: {sorted(TARGETS)})")
@@ -152,7 +162,7 @@ def _macs(model):
         return None
 
 
-def run_pair(pair, threads, runs, rounds, log):
+def run_pair(pair, threads, runs, rounds, log, extra=()):
     models, options = build(pair)
     names, blobs, macs, notes = [], [], [], []
     for model, opts in zip(models, options):
@@ -161,11 +171,13 @@ def run_pair(pair, threads, runs, rounds, log):
         synthetic.randomize_batchnorm(model)
         data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
         start = time.time()
-        blob, decisions = tflite.convert(
+        blob, report = tflite.convert(
             model, "int8", representative_data=data, return_report=True, **opts
         )
+        if report.decisions:
+            log(str(report))
         kinds = {}
-        for d in decisions:
+        for d in report:
             key = "dense" if d.kind == "dense" else "x".join(str(r) for r in d.radices)
             kinds[key] = kinds.get(key, 0) + 1
         notes.append(kinds)
@@ -173,6 +185,12 @@ def run_pair(pair, threads, runs, rounds, log):
         names.append(label + ("" if opts.get("optimize", True) else " (no rewrite)"))
         blobs.append(blob)
         macs.append(_macs(model))
+    for name, path in extra:  # after the baseline: ratios stay relative to the pointwise twin
+        with open(path, "rb") as f:
+            blobs.append(f.read())
+        names.append(name)
+        macs.append(None)
+        notes.append({"prebuilt": path})
     rows = tflite.benchmark(blobs, threads=threads, num_runs=runs, rounds=rounds, names=names)
     for row in rows:
         j = names.index(row["name"])
@@ -208,13 +226,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
+    parser.add_argument("--extra", action="append", default=[],
+                        help="NAME=PATH: a prebuilt .tflite timed with the first pair")
     args = parser.parse_args()
+    extra = [tuple(item.split("=", 1)) for item in args.extra]
     threads = tuple(int(t) for t in args.threads.split(","))
     started = datetime.datetime.now(datetime.timezone.utc)
     rows = []
-    for pair in args.pairs.split(","):
+    for i, pair in enumerate(args.pairs.split(",")):
         print(f"{pair}: {TARGETS[pair][0]}", flush=True)
-        rows.extend(run_pair(pair, threads, args.runs, args.rounds, lambda m: print(m, flush=True)))
+        rows.extend(run_pair(pair, threads, args.runs, args.rounds, lambda m: print(m, flush=True),
+                             extra if i == 0 else ()))
         print(markdown([r for r in rows if r["pair"] == pair]), flush=True)
     header = (
         f"Measured {started:%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs, "

@@ -11,7 +11,9 @@ import numpy as np
 
 from keras_bft import ButterflyFusion
 from keras_bft import tflite
-from keras_bft.tflite import rewrite
+from keras_bft.tflite import cost_model
+from keras_bft.tflite import export_layers
+from keras_bft.tflite import search
 
 
 def _models(name):
@@ -41,15 +43,15 @@ def main():
             continue
         shape = (1, *layer.input.shape[1:])
         positions = int(np.prod(shape[1:-1]))
-        decision = rewrite.choose_lowering(layer, positions, "int8")
-        staged = rewrite.choose_lowering(layer, positions, "int8", allow_dense=False)
-        dense_us = rewrite.default_cost_model("int8").dense_us(
+        decision = search.choose_lowering(layer, positions, "int8")
+        staged = search.choose_lowering(layer, positions, "int8", allow_dense=False)
+        dense_us = cost_model.default_cost_model("int8").dense_us(
             positions, layer.plan.in_channels, layer.plan.out_channels
         )
         x = keras.Input(shape[1:], batch_size=1)
-        dense_model = keras.Model(x, rewrite._dense_fold(layer, shape)(x))
+        dense_model = keras.Model(x, export_layers.dense_fold(layer, shape)(x))
         x = keras.Input(shape[1:], batch_size=1)
-        staged_model = keras.Model(x, rewrite.staged_export_layer(layer, staged.merge_stages)(x))
+        staged_model = keras.Model(x, export_layers.staged_export_layer(layer, staged.merge_stages)(x))
         blobs += [_int8(dense_model), _int8(staged_model)]
         names += [f"{layer.name} dense", f"{layer.name} {staged.radices}"]
         rows.append((layer.name, shape, decision.kind, dense_us, staged.predicted_us, staged.radices))

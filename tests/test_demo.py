@@ -50,6 +50,12 @@ def test_demo_end_to_end(demo_run, capsys):
         assert 0.0 <= r["qat_acc"] <= 1.0 and r["qat_size"] > 0
         assert r["qat_parity"]["fully_delegated"] is True
 
+    # The BFT model is also exported for size: its own file, timed in the same run; the twin has no butterfly.
+    assert (out / bft["size_objective_model"]).stat().st_size == bft["size_objective_size"] > 0
+    assert set(bft["size_objective_latency_ms"]) == {"1", "2"}
+    assert twin["size_objective_model"] is None
+    assert set(bft["lowering"]) == {"latency", "size"} and "objective='size'" in bft["lowering"]["size"]
+
     # The saved .tflite loads in LiteRT as a static batch-1 model (what Android gets).
     from ai_edge_litert.interpreter import Interpreter
 
@@ -61,6 +67,7 @@ def test_demo_end_to_end(demo_run, capsys):
     table = (out / "results.md").read_text()
     assert "| model | params | MACs | float acc | int8 PTQ acc" in table
     assert "MobileNetV2-BFT-0.5" in table and "(twin)" in table
+    assert "size obj. KiB" in table and "## Lowering" in table
     assert "Debian package" in table or "subset" in table  # where the data came from
     bft_row = next(line for line in table.splitlines() if line.startswith("| MobileNetV2-BFT-0.5 |"))
     assert f"{100 * bft['qat_acc']:.2f}" in bft_row  # the QAT column is filled, not "-"

@@ -89,8 +89,20 @@ def np_stage_kernels(layer):
     return merged, merged_plan
 
 
+def np_activation(y, activation):
+    if activation == "relu":
+        return np.maximum(y, 0)
+    if activation == "relu6":
+        return np.clip(y, 0, 6)
+    return y
+
+
 def np_butterfly(qlayer, x):
-    """The quantized butterfly of a QuantizedLinear in NumPy: stage by stage, from the plan's definition."""
+    """The quantized butterfly of a QuantizedLinear in NumPy: stage by stage, from the plan's definition.
+
+    A butterfly in its dense-fold export form is the oracle's dense matrix (residual included), batch
+    norm folded, quantized per output channel: one 1x1 conv.
+    """
     layer = qlayer.layer
     kernels, plan = np_stage_kernels(layer)
     scale = shift = None
@@ -99,6 +111,13 @@ def np_butterfly(qlayer, x):
     elif layer.use_bias:
         shift = np.asarray(layer.bias, np.float64)
     m = x.reshape(-1, plan.in_channels).astype(np.float64)
+    if layer.lowering == "dense":
+        dense = oracle.dense_matrix([np.asarray(k, np.float64) for k in layer.kernels], layer.plan, layer.residual)
+        if scale is not None:
+            dense = dense * scale
+        y = m @ np_weight_quant(dense)[0] + (0.0 if shift is None else shift)
+        y = np_fake_quant(np_activation(y, qlayer.activation), *np_range(qlayer, "output"))
+        return y.reshape(x.shape[:-1] + (plan.out_channels,))
     y = np.pad(m, ((0, 0), (0, plan.padded_in - plan.in_channels)))
     for i, (w, stage) in enumerate(zip(kernels, plan.stages)):
         groups, a, b = stage.kernel_shape
@@ -134,11 +153,7 @@ def np_butterfly(qlayer, x):
         if scale is not None:
             r = np_fake_quant(r * scale[: r.shape[1]], *np_range(qlayer, "residual"))
         r = np.pad(r, ((0, 0), (0, plan.out_channels - r.shape[1])))
-        y = y + r
-        if qlayer.activation == "relu":
-            y = np.maximum(y, 0)
-        elif qlayer.activation == "relu6":
-            y = np.clip(y, 0, 6)
+        y = np_activation(y + r, qlayer.activation)
     y = np_fake_quant(y, *np_range(qlayer, "output"))
     return y.reshape(x.shape[:-1] + (plan.out_channels,))
 
@@ -214,12 +229,10 @@ def _run_tflite(content, x):
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A small float model, its QAT twin after a short jit-compiled fine-tune, and the int8 conversion."""
+def _fine_tuned(objective):
     model = small_model()
     x, y = _data(96)
-    qat = quantize_model(model, calibration_data=x[:64])
+    qat = quantize_model(model, calibration_data=x[:64], objective=objective)
     qat.compile(
         keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -227,6 +240,18 @@ def trained():
     )
     qat.fit(x, y, batch_size=16, epochs=1, verbose=0)
     return model, qat, _convert(qat)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small float model, its QAT twin (butterflies as trained) after a short jit-compiled fine-tune, int8."""
+    return _fine_tuned(objective=None)
+
+
+@pytest.fixture(scope="module")
+def trained_export_forms():
+    """The same with each butterfly in the form the exporter gives it at 8x8 (latency objective)."""
+    return _fine_tuned(objective="latency")
 
 
 # ------------------------------------------------------------------ tests
@@ -246,7 +271,7 @@ def test_quantize_weights_per_channel_symmetric():
 
 
 def test_structure_folds_and_fuses():
-    qat = quantize_model(small_model())
+    qat = quantize_model(small_model(), objective=None)
     by_name = {layer.name: layer for layer in qat.layers}
     assert [type(layer).__name__ for layer in qat.layers].count("QuantizedLinear") == 7
     assert by_name["quant_conv"].batch_norm is not None and by_name["quant_conv"].activation == "relu"
@@ -281,9 +306,10 @@ def test_fake_quant_model_matches_float_before_training():
                 assert float(np.asarray(v)) <= 0.0
 
 
+@pytest.mark.parametrize("forms", ["trained", "trained_export_forms"])
 @pytest.mark.parametrize("name", ["bfsq", "bfwide", "bfnarrow", "bfnores"])
-def test_butterfly_stages_match_numpy_oracle(trained, name):
-    _, qat, _ = trained
+def test_butterfly_stages_match_numpy_oracle(forms, name, request):
+    _, qat, _ = request.getfixturevalue(forms)
     qlayer = qat.get_layer(f"quant_{name}")
     feeds = keras.Model(qat.input, [qlayer.input, qlayer.output])
     x, _ = _data(8, seed=5)
@@ -576,9 +602,9 @@ def test_keras_bft_tflite_convert_without_representative_data(trained):
 
 
 def test_shufflenet_unit_split_and_shuffle_keep_their_input_grid():
-    """ChannelSplit / ChannelShuffle (keras_bft.applications) are same-scale: no range, int8 SPLIT/TRANSPOSE."""
-    from keras_bft.applications.layers import ChannelShuffle
-    from keras_bft.applications.layers import ChannelSplit
+    """ChannelSplit / ChannelShuffle (keras_bft.layers) are same-scale: no range, int8 SPLIT/TRANSPOSE."""
+    from keras_bft.layers import ChannelShuffle
+    from keras_bft.layers import ChannelSplit
 
     keras.utils.set_random_seed(4)
     inputs = keras.Input((6, 6, 16))

@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_bft import ButterflyFusion
 from keras_bft import tflite
 from keras_bft.tflite import graph
-from keras_bft.tflite import rewrite
+from keras_bft.tflite import cost_model as cost_model_lib
 from keras_bft.tflite import synthetic
 
 BUILTIN_OK = lambda name: not name.startswith(("CUSTOM", "FLEX", "BUILTIN_"))  # noqa: E731
@@ -73,7 +73,7 @@ def test_int8_staged_lowering_int8_io_and_rewrite_is_exact_in_float():
     model = small_model(channels=256, filters=256, k=4)
     data = _data(model)
     # A flat per-MAC cost with free passes picks the fewest MACs: every stage kept.
-    fewest_macs = rewrite.CostModel(((1, 1.0),), 0.0, 0.0, 0.0)
+    fewest_macs = cost_model_lib.CostModel(((1, 1.0),), 0.0, 0.0, 0.0)
     blob, decisions = tflite.convert(
         model, "int8", representative_data=data, io_type="int8", cost_model=fewest_macs,
         return_report=True,
@@ -164,7 +164,7 @@ def test_mobilenet_v3_small_int8_fully_delegated(fusion):
 
 @pytest.mark.parametrize("split", [None, 3])
 def test_channel_split_is_rewritten_without_split_v(split):
-    from keras_bft.applications.layers import ChannelSplit
+    from keras_bft.layers import ChannelSplit
 
     inputs = keras.Input((6, 6, 8))
     left, right = ChannelSplit(split=split)(keras.layers.Conv2D(8, 1)(inputs))

@@ -8,7 +8,8 @@ from keras_bft import ButterflyFusion
 from keras_bft.ops import lowering
 from keras_bft.ops import oracle
 from keras_bft.ops import plans
-from keras_bft.tflite import rewrite
+from keras_bft.tflite import export_layers
+from keras_bft.tflite import search
 
 # (in, out, butterfly_k): square, rectangular both ways, zero-padded, mixed radix.
 PLANS = [(64, 64, 4), (96, 48, 4), (48, 96, 4), (58, 58, 4), (60, 100, 8), (27, 27, 3)]
@@ -52,10 +53,10 @@ def test_every_export_candidate_matches_dense_oracle(in_ch, out_ch, k):
     x = np.random.default_rng(2).standard_normal((1, 4, 4, in_ch)).astype("float32")
     expected = x @ layer.dense_kernel() + keras.ops.convert_to_numpy(layer.bias)
     scale = np.abs(expected).max()
-    candidates = [rewrite._dense_fold(layer, x.shape)]
-    for segments in rewrite._compositions(layer.plan.num_stages):
+    candidates = [export_layers.dense_fold(layer, x.shape)]
+    for segments in search.compositions(layer.plan.num_stages):
         for name in ("grouped_conv", "shuffle"):
-            candidates.append(rewrite.staged_export_layer(layer, segments, name))
+            candidates.append(export_layers.staged_export_layer(layer, segments, name))
     assert len(candidates) == 1 + 2 * 2 ** (layer.plan.num_stages - 1)
     for candidate in candidates:
         got = keras.ops.convert_to_numpy(candidate(x))
@@ -64,14 +65,14 @@ def test_every_export_candidate_matches_dense_oracle(in_ch, out_ch, k):
 
 def test_cost_model_merges_small_radices_and_never_predicts_worse():
     layer = _built_layer(1024, 1024, 4, use_bias=False)
-    decision = rewrite.choose_lowering(layer, positions=14 * 14, quantization="int8")
+    decision = search.choose_lowering(layer, positions=14 * 14, quantization="int8")
     assert decision.predicted_us <= decision.original_us
     # Five radix-4 passes cost more than fewer, bigger ones on XNNPACK.
     assert decision.kind == "dense" or len(decision.merge_stages) < 5
     small = _built_layer(32, 32, 4, use_bias=False)
-    assert rewrite.choose_lowering(small, 64, "int8").kind == "dense"
+    assert search.choose_lowering(small, 64, "int8").kind == "dense"
 
 
 def test_compositions_are_all_splits():
-    assert sorted(rewrite._compositions(3)) == [(1, 1, 1), (1, 2), (2, 1), (3,)]
-    assert len(list(rewrite._compositions(5))) == 16
+    assert sorted(search.compositions(3)) == [(1, 1, 1), (1, 2), (2, 1), (3,)]
+    assert len(list(search.compositions(5))) == 16

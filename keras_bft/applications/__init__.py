@@ -5,8 +5,8 @@ Every builder takes keras.applications' arguments plus `fusion`
 arguments; see docs/applications.md for which layers become butterflies.
 """
 
-from keras_bft.applications.layers import ChannelShuffle
-from keras_bft.applications.layers import ChannelSplit
+from keras_bft.layers.channel import ChannelShuffle
+from keras_bft.layers.channel import ChannelSplit
 from keras_bft.applications.mobilenet_v1 import MobileNetV1BFT
 from keras_bft.applications.mobilenet_v2 import MobileNetV2BFT
 from keras_bft.applications.mobilenet_v3 import MobileNetV3LargeBFT

@@ -24,6 +24,7 @@ from keras import layers
 
 from keras_bft.applications.layers import ChannelShuffle
 from keras_bft.applications.layers import ChannelSplit
+from keras_bft.layers import data_format as data_format_lib
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
 
 FUSIONS = ("butterfly", "pointwise")
@@ -43,7 +44,7 @@ _ACTIVATIONS = {
 
 
 def channel_axis():
-    return 1 if keras.config.image_data_format() == "channels_first" else -1
+    return data_format_lib.channel_axis(keras.config.image_data_format(), rank=4)
 
 
 def make_divisible(value, divisor=8, min_value=None):

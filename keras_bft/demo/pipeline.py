@@ -25,6 +25,16 @@ from keras_bft.utils import count_macs
 
 MODES = ("tiny", "quick", "full")
 
+# Duration estimate (docs/demo.md, "Duration"): a QAT step in float steps, and the fixed seconds per model
+# (tracing, export, LiteRT scoring and benchmark; building, tracing and exporting the QAT model).
+QAT_STEP_COST = 2.5
+SECONDS_PER_MODEL = 60
+QAT_SECONDS_PER_MODEL = 45
+
+# The BFT models are exported for each objective (`keras_bft.tflite.convert(objective=...)`); the first
+# is the one their accuracy and twin comparisons use. Pointwise models have no butterfly to lower.
+OBJECTIVES = ("latency", "size")
+
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
@@ -53,9 +63,7 @@ class Settings:
     train_per_class: int = None  # None: all training images
     test_per_class: int = None
     epochs: int = 3
-    # A QAT train step costs ~2x a float step at the quick settings (measured: MobileNetV2-BFT-1 2.1x,
-    # pointwise-0.35 1.5x), plus tracing the QAT graph once; see docs/demo.md. --tiny turns it off.
-    qat_epochs: int = 1
+    qat_epochs: int = 1  # a QAT step costs about twice a float step (docs/demo.md); --tiny turns it off
     batch_size: int = 64
     learning_rate: float = 2e-3  # peak; cosine-decayed to 0 over the float epochs
     bn_momentum: float = 0.9  # see set_bn_momentum
@@ -63,7 +71,7 @@ class Settings:
     calibration_images: int = 200
     verify_images: int = 100
     benchmark_runs: int = 50
-    run_eagerly: bool = False  # tiny runs: a few eager steps beat a ~30 s graph trace
+    run_eagerly: bool = False  # tiny runs: a few eager steps cost less than tracing the graph once
     seed: int = 0
 
 
@@ -88,8 +96,8 @@ def settings_for(mode, **overrides):
         base = Settings("quick", bft_widths=(1.0,), twin_widths=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
                         frontier_twins=False, train_per_class=400, test_per_class=100, epochs=3)
     elif mode == "full":
-        # 88 min on a 2-core machine (docs/results.md). Pointwise 0.25 puts BFT-1 inside the MAC frontier;
-        # pointwise 1.0 reaches the int8 latency of the BFT models, so that frontier is compared too.
+        # Pointwise 0.25 puts BFT-1 inside the MAC frontier; pointwise 1.0 reaches the int8 latency of
+        # the BFT models, so that frontier is compared too (run time: docs/results.md).
         base = Settings("full", bft_widths=(1.0, 1.4, 2.0), twin_widths=(0.25, 0.35, 0.5, 0.75, 1.0),
                         frontier_twins=True, epochs=3, benchmark_runs=100)
     else:
@@ -200,6 +208,11 @@ class Result:
     qat_parity: dict = None
     latency_ms: dict = None  # {threads: median ms} of the int8 (PTQ) model
     latency_p90_ms: dict = None
+    # The int8 (PTQ) file exported with objective="size" (BFT models): its size, name and latency.
+    size_objective_size: int = None
+    size_objective_model: str = None
+    size_objective_latency_ms: dict = None
+    lowering: dict = None  # {objective: the exporter's LoweringReport, as text}
     twin: str = None  # name of the matched pointwise twin (BFT rows)
     train_seconds: float = None
     notes: list = dataclasses.field(default_factory=list)
@@ -216,6 +229,7 @@ class Demo:
         self.log = log or (lambda *args: print(*args, flush=True))
         self.results = []
         self.notes = []  # pipeline-wide notes (skipped stages and why)
+        self._reports = {}  # (result name, objective) -> the exporter's LoweringReport
 
     # -- data ---------------------------------------------------------------
 
@@ -299,10 +313,11 @@ class Demo:
             for _ in range(2):
                 model.train_on_batch(xb, yb)
             per_step = (time.perf_counter() - start) / 2
-            # Fitted to the 2026-11-27 runs on 2 cores (docs/results.md): a QAT step costs ~2.5x a float
-            # step, plus ~45 s to build, trace and export the QAT model; tracing the float step, export,
-            # LiteRT scoring and benchmark ~60 s a model.
-            total += per_step * steps * (s.epochs + 2.5 * s.qat_epochs) + 60 + 45 * (s.qat_epochs > 0)
+            # The constants are fitted to measured runs (docs/demo.md, "Duration").
+            total += (
+                per_step * steps * (s.epochs + QAT_STEP_COST * s.qat_epochs)
+                + SECONDS_PER_MODEL + QAT_SECONDS_PER_MODEL * (s.qat_epochs > 0)
+            )
         return total + 20  # data preparation
 
     # -- stages -------------------------------------------------------------
@@ -316,23 +331,45 @@ class Demo:
         result.float_acc = _accuracy(_predict(model, self.x_test), self.y_test)
 
     def _export(self, model, result):
+        """The int8 (PTQ) files: latency objective (scored), and size objective for BFT models.
+
+        Returns `{objective: path}`.
+        """
         s = self.settings
         calib = self.x_train[:s.calibration_images]
-        int8 = tflite.convert(model, quantization="int8", representative_data=calib)
-        path = os.path.join(self.tmp_dir, "models", result.name + "-int8.tflite")
-        with open(path, "wb") as f:
-            f.write(int8)
-        result.int8_model = os.path.relpath(path, self.tmp_dir)
-        result.int8_size = len(int8)
-        result.ptq_acc = _litert_accuracy(int8, self.x_test, self.y_test)
-        result.ptq_parity = _parity(tflite.verify(int8, model, self.x_test[:s.verify_images],
-                                                  quantization="int8", on_failure="warn"))
-        return path
+        objectives = OBJECTIVES if result.fusion == "butterfly" else OBJECTIVES[:1]
+        paths, result.lowering = {}, {}
+        for objective in objectives:
+            int8, lowering = tflite.convert(
+                model, quantization="int8", representative_data=calib, return_report=True,
+                objective=objective,
+            )
+            suffix = "-int8.tflite" if objective == OBJECTIVES[0] else f"-int8-{objective}.tflite"
+            path = os.path.join(self.tmp_dir, "models", result.name + suffix)
+            with open(path, "wb") as f:
+                f.write(int8)
+            paths[objective] = path
+            if lowering.decisions:
+                self._reports[(result.name, objective)] = lowering
+                result.lowering[objective] = str(lowering)
+            if objective == OBJECTIVES[0]:
+                result.int8_model = os.path.relpath(path, self.tmp_dir)
+                result.int8_size = len(int8)
+                result.ptq_acc = _litert_accuracy(int8, self.x_test, self.y_test)
+                result.ptq_parity = _parity(tflite.verify(int8, model, self.x_test[:s.verify_images],
+                                                          quantization="int8", on_failure="warn"))
+            else:
+                result.size_objective_model = os.path.relpath(path, self.tmp_dir)
+                result.size_objective_size = len(int8)
+        return paths
 
-    def _qat(self, qmodel, result):
+    def _qat(self, model, result):
         s = self.settings
-        # Fine-tuning a converged model (the float schedule ended at 0): a constant lr/10 restart cost up to
-        # 1.8 int8 points in a --full run (docs/results.md); a small peak decayed to 0 fine-tunes instead.
+        # The QAT model takes the exporter's forms for the default objective: its int8 file is
+        # lowered like the PTQ file above.
+        qmodel = quantization.quantize_model(model, calibration_data=self.x_train[:s.calibration_images])
+        # Fine-tuning a converged model (the float schedule ended at 0): a small peak decayed to 0, not a
+        # constant restart rate (measured in docs/results.md).
         schedule = keras.optimizers.schedules.CosineDecay(
             s.learning_rate / 20, decay_steps=self._steps_per_epoch * s.qat_epochs)
         qmodel.compile(
@@ -353,17 +390,30 @@ class Demo:
                                                   quantization="int8", on_failure="warn"))
 
     def _benchmark(self, paths):
-        results = list(paths)
-        rows = tflite.benchmark([paths[r] for r in results], threads=(1, 2),
-                         num_runs=self.settings.benchmark_runs, names=[r.name for r in results],
-                         verbose=1 if self._interactive else 0)
-        by_name = {r.name: r for r in results}
+        """Times every int8 file interleaved; `paths` maps a result to `{objective: path}`."""
+        entries = [(r, objective, path) for r, files in paths.items() for objective, path in files.items()]
+        names = [r.name + ("" if objective == OBJECTIVES[0] else f" ({objective})") for r, objective, _ in entries]
+        rows = tflite.benchmark([path for _, _, path in entries], threads=(1, 2),
+                                num_runs=self.settings.benchmark_runs, names=names,
+                                verbose=1 if self._interactive else 0)
+        by_name = dict(zip(names, entries))
         for row in rows:
-            result, threads = by_name[row["name"]], int(row["threads"])
-            result.latency_ms = {**(result.latency_ms or {}), threads: float(row["median_ms"])}
-            result.latency_p90_ms = {**(result.latency_p90_ms or {}), threads: float(row["p90_ms"])}
+            result, objective, _ = by_name[row["name"]]
+            threads = int(row["threads"])
+            if objective == OBJECTIVES[0]:
+                result.latency_ms = {**(result.latency_ms or {}), threads: float(row["median_ms"])}
+                result.latency_p90_ms = {**(result.latency_p90_ms or {}), threads: float(row["p90_ms"])}
+            else:
+                result.size_objective_latency_ms = {
+                    **(result.size_objective_latency_ms or {}), threads: float(row["median_ms"])
+                }
+            report = self._reports.get((result.name, objective))
+            if report is not None and threads == 1:
+                result.lowering[objective] = str(report.with_measurement(row["median_ms"]))
             if not row["fully_accelerated"] and threads == 1:
-                result.notes.append("int8 model NOT fully delegated to XNNPACK (LiteRT benchmark tool)")
+                result.notes.append(
+                    f"int8 model ({objective} objective) NOT fully delegated to XNNPACK (LiteRT benchmark tool)"
+                )
 
     # -- driver -------------------------------------------------------------
 
@@ -408,25 +458,19 @@ class Demo:
             self.log(f"[{i + 1}/{len(plan)}] {c.name}: training {s.epochs} epoch(s)")
             self._train(model, result)
             self.log(f"  float accuracy {result.float_acc:.4f}")
-            qmodel = None
-            if s.qat_epochs > 0:
-                # Before any export: the exporter calls the model's layers on new inputs, and
-                # quantize_model refuses layers with several call sites.
-                try:
-                    qmodel = quantization.quantize_model(model, calibration_data=self.x_train[:s.calibration_images])
-                except Exception as e:
-                    result.notes.append(f"QAT failed: {type(e).__name__}: {e}")
-                    self.log("  " + result.notes[-1])
             try:
                 paths[result] = self._export(model, result)
-                self.log(f"  int8 (PTQ) accuracy {result.ptq_acc:.4f}, {result.int8_size / 1024:.0f} KiB")
+                line = f"  int8 (PTQ) accuracy {result.ptq_acc:.4f}, {result.int8_size / 1024:.0f} KiB"
+                if result.size_objective_size is not None:
+                    line += f" ({result.size_objective_size / 1024:.0f} KiB with objective='size')"
+                self.log(line)
             except Exception as e:  # Report the failure in the table; keep the other models going.
                 result.notes.append(f"int8 export failed: {type(e).__name__}: {e}")
                 self.log("  " + result.notes[-1])
-            if qmodel is not None:
+            if s.qat_epochs > 0:
                 try:
                     self.log(f"  quantization-aware training, {s.qat_epochs} epoch(s)")
-                    self._qat(qmodel, result)
+                    self._qat(model, result)
                     self.log(f"  int8 (QAT) accuracy {result.qat_acc:.4f}")
                 except Exception as e:
                     result.notes.append(f"QAT failed: {type(e).__name__}: {e}")

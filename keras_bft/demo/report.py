@@ -18,7 +18,8 @@ LATENCY_PLOT = "accuracy_vs_latency.png"
 
 _COLUMNS = (
     "model", "params", "MACs", "float acc", "int8 PTQ acc", "int8 QAT acc", "int8 KiB",
-    "LiteRT 1T ms", "LiteRT 2T ms", "MACs / twin", "latency / twin 1T, 2T", "acc - twin (float, int8)",
+    "LiteRT 1T ms", "LiteRT 2T ms", "size obj. KiB", "size obj. 1T, 2T ms", "MACs / twin",
+    "latency / twin 1T, 2T", "acc - twin (float, int8)",
 )
 
 
@@ -28,6 +29,10 @@ def _pct(x):
 
 def _ms(latency, threads):
     return "-" if not latency or threads not in latency else f"{latency[threads]:.3f}"
+
+
+def _kib(size):
+    return "-" if size is None else f"{size / 1024:.0f}"
 
 
 def _best_int8(r):
@@ -55,10 +60,14 @@ def table_rows(results):
             vs = (f"{macs_ratio} of {r.twin}", lat_ratio, f"{d_float}, {d_int8}")
         else:
             vs = ("(twin)" if any(o.twin == r.name for o in results) else "-", "-", "-")
+        size_latency = (
+            "-" if not r.size_objective_latency_ms
+            else f"{_ms(r.size_objective_latency_ms, 1)}, {_ms(r.size_objective_latency_ms, 2)}"
+        )
         rows.append([
             r.name, f"{r.params:,}", f"{r.macs:,}", _pct(r.float_acc), _pct(r.ptq_acc), _pct(r.qat_acc),
-            "-" if r.int8_size is None else f"{r.int8_size / 1024:.0f}",
-            _ms(r.latency_ms, 1), _ms(r.latency_ms, 2), *vs,
+            _kib(r.int8_size), _ms(r.latency_ms, 1), _ms(r.latency_ms, 2),
+            _kib(r.size_objective_size), size_latency, *vs,
         ])
     return rows
 
@@ -236,6 +245,9 @@ def write_report(demo, folder):
         f"- accuracies in %, on the test images; int8 acc measured in LiteRT; latency: int8 model, "
         f"median of {s.benchmark_runs} runs, batch 1. Twin: cheapest pointwise model with at least the "
         f"BFT model's MACs. 'acc - twin' int8 uses QAT where measured, else PTQ.",
+        "- int8 files: exported with objective='latency' (scored, and the QAT file takes the same forms); "
+        "'size obj.': the same model exported with objective='size' (BFT models), timed in the same "
+        "interleaved run. See 'Lowering' for what the exporter did to each BFT model's butterflies.",
     ]
     notes = list(demo.notes) + [f"{r.name}: {n}" for r in results for n in r.notes]
     parity = []
@@ -245,10 +257,15 @@ def write_report(demo, folder):
                 parity.append(f"- {r.name} {kind}: " + ", ".join(
                     f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items()))
     gaps = _gap_lines(results)
+    lowering = []
+    for r in results:
+        for objective, text in (r.lowering or {}).items():
+            lowering += [f"{r.name}, objective={objective!r}:", "", "```", text, "```", ""]
     text = "\n".join(
         header
         + ["", format_table(results, markdown=True), ""]
         + (["## Frontiers", ""] + gaps + [""] if gaps else [])
+        + (["## Lowering (what the exporter did to the butterflies)", ""] + lowering if lowering else [])
         + (["## LiteRT parity (int8 vs Keras)", ""] + parity + [""] if parity else [])
         + (["## Notes", ""] + [f"- {n}" for n in notes] + [""] if notes else [])
         + [f"![accuracy vs MACs]({MACS_PLOT})", "", f"![int8 accuracy vs LiteRT latency]({LATENCY_PLOT})", ""]

@@ -5,11 +5,11 @@ import numpy as np
 from keras import ops
 
 from keras_bft.initializers import ButterflyUniform
+from keras_bft.layers.data_format import channel_axis
+from keras_bft.layers.data_format import standardize_data_format
 from keras_bft.ops import lowering as lowering_lib
 from keras_bft.ops import oracle
 from keras_bft.ops import plans
-
-_DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def fuse_channels(inputs, kernels, plan, residual, lowering, bias, activation, channels_first):
@@ -151,12 +151,7 @@ class ButterflyFusion(keras.layers.Layer):
                 "Pass `radices` or `num_stages`, not both. Received: "
                 f"radices={radices}, num_stages={num_stages}"
             )
-        if data_format is None:
-            data_format = keras.config.image_data_format()
-        if data_format not in _DATA_FORMATS:
-            raise ValueError(
-                f"`data_format` must be one of {_DATA_FORMATS}. Received: data_format={data_format!r}"
-            )
+        data_format = standardize_data_format(data_format)
         if lowering != "auto" and lowering not in lowering_lib.LOWERINGS:
             raise ValueError(
                 f"`lowering` must be 'auto' or one of {lowering_lib.LOWERINGS}. "
@@ -186,8 +181,9 @@ class ButterflyFusion(keras.layers.Layer):
         self.plan = None
         self.kernels = []
 
-    def _channel_axis(self, rank):
-        return 1 if rank >= 3 and self.data_format == "channels_first" else -1
+    def channel_axis(self, rank):
+        """The channel axis of a rank-`rank` input: 1 for channels_first images, else -1."""
+        return channel_axis(self.data_format, rank)
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -195,7 +191,7 @@ class ButterflyFusion(keras.layers.Layer):
             raise ValueError(
                 f"ButterflyFusion needs an input of rank >= 2. Received: input_shape={input_shape}"
             )
-        axis = self._channel_axis(rank)
+        axis = self.channel_axis(rank)
         channels = input_shape[axis]
         if channels is None:
             raise ValueError(
@@ -234,7 +230,7 @@ class ButterflyFusion(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={axis: int(channels)})
 
     def call(self, inputs):
-        channels_first = self._channel_axis(len(inputs.shape)) == 1
+        channels_first = self.channel_axis(len(inputs.shape)) == 1
         kernels, plan = list(self.kernels), self.plan
         if self.merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.merge_stages)
@@ -247,7 +243,7 @@ class ButterflyFusion(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
-        shape[self._channel_axis(len(shape))] = self.filters
+        shape[self.channel_axis(len(shape))] = self.filters
         return tuple(shape)
 
     def dense_kernel(self):

@@ -1,9 +1,11 @@
 """Butterfly math with no Keras layers in it: plans, the NumPy oracle, keras.ops lowerings."""
 
+from keras_bft.ops import activations
 from keras_bft.ops.lowering import LOWERINGS
 from keras_bft.ops.lowering import butterfly_transform
 from keras_bft.ops.lowering import default_lowering
 from keras_bft.ops.lowering import dense_from_kernels
+from keras_bft.ops.lowering import grouped_conv_stages
 from keras_bft.ops.lowering import merge_kernels
 from keras_bft.ops.oracle import dense_matrix
 from keras_bft.ops.plans import ButterflyPlan

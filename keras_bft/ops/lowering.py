@@ -23,6 +23,8 @@ Cost is set by the number of stages (memory passes) far more than by MACs; see
 docs/benchmarks.md.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -106,8 +108,7 @@ def _stages_channels_last(x, kernels, stages, multiply_sum):
             x = ops.sum(ops.expand_dims(x, -1) * kernel, axis=-2)
         else:
             x = ops.einsum("mga,gab->mgb", x, kernel)
-        x = ops.transpose(x, (0, 2, 1))
-        x = ops.reshape(x, (-1, stage.out_channels))
+        x = perfect_shuffle(x, stage.groups, stage.group_out)
     return x
 
 
@@ -120,14 +121,101 @@ def grouped_conv_kernel(kernel, stage):
     return ops.reshape(ops.transpose(kernel, (1, 0, 2)), (1, 1, stage.group_in, stage.out_channels))
 
 
-def _stages_grouped_conv(x, kernels, stages):
-    x = ops.reshape(x, (1, -1, 1, stages[0].in_channels))
-    for kernel, stage in zip(kernels, stages):
-        x = ops.conv(x, grouped_conv_kernel(kernel, stage))
-        x = ops.reshape(x, (-1, stage.groups, stage.group_out))
-        x = ops.transpose(x, (0, 2, 1))
+def conv_order(vector, stage, fill):
+    """A per-channel vector of the stage's output (order `j * G + g`) in its conv order `g * b + j`.
+
+    Entries beyond `len(vector)` (cropped output channels) take `fill`.
+    """
+    groups, group_out = stage.groups, stage.group_out
+    extra = groups * group_out - vector.shape[0]
+    if extra:
+        vector = ops.concatenate([vector, ops.full((extra,), fill, dtype=vector.dtype)])
+    return ops.reshape(ops.transpose(ops.reshape(vector, (group_out, groups))), (-1,))
+
+
+def perfect_shuffle(x, groups, group_out):
+    """`(M, groups * group_out)` channels in order `g * b + j` -> order `j * groups + g`."""
+    x = ops.reshape(x, (-1, groups, group_out))
+    x = ops.transpose(x, (0, 2, 1))
+    return ops.reshape(x, (-1, groups * group_out))
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_grouped_conv_1x1():
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        group_in, out_channels = kernel.shape[2], kernel.shape[3]
+        groups = x.shape[-1] // group_in
+        group_out = out_channels // groups
+
+        def grad(dy):
+            # TF has no CPU gradient for grouped convs outside XLA: the same sums as einsums.
+            xr = tf.reshape(x, (-1, groups, group_in))
+            dyr = tf.reshape(dy, (-1, groups, group_out))
+            kr = tf.reshape(kernel, (group_in, groups, group_out))
+            dx = tf.reshape(tf.einsum("mgj,dgj->mgd", dyr, kr), tf.shape(x))
+            dk = tf.reshape(tf.einsum("mgd,mgj->dgj", xr, dyr), tf.shape(kernel))
+            return dx, dk
+
+        return tf.nn.conv2d(x, kernel, strides=1, padding="VALID"), grad
+
+    return conv
+
+
+def grouped_conv_1x1(x, kernel):
+    """Grouped 1x1 convolution of NHWC `x` (groups = channels / `kernel.shape[2]`)."""
+    if keras.backend.backend() == "tensorflow":
+        # keras.ops.conv runs grouped convs on TF through a new XLA function
+        # per call (recompiled in every eager call: much slower training steps);
+        # TF's own grouped Conv2D is correct on CPU (the tests hold it to the
+        # NumPy oracle), converts to a grouped CONV_2D, and gets its gradient here.
+        return _tf_grouped_conv_1x1()(x, kernel)
+    return ops.conv(x, kernel, padding="valid")
+
+
+def grouped_conv_stages(matrix, kernels, plan, transform_kernel=None, observe=None):
+    """The stages of `plan` as grouped 1x1 convolutions, each followed by the perfect shuffle.
+
+    The one stage implementation of the grouped-conv form: `ButterflyFusion`
+    and the exporter's `ButterflyStages` run it plain (`"grouped_conv"`
+    lowering); quantization-aware training runs it with hooks, so the fake
+    quants sit exactly on the tensors of the int8 graph TFLite makes of it
+    (one grouped CONV_2D, RESHAPE, TRANSPOSE, RESHAPE per stage).
+
+    Args:
+        matrix: `(M, plan.in_channels)` input; zero-padded to `plan.padded_in`
+            here (as a matrix: TF's CPU graph optimizer turns a PAD feeding a
+            conv directly into a wrong spatially padded conv).
+        kernels: one `(groups, group_in, group_out)` tensor per stage.
+        plan: a `ButterflyPlan`.
+        transform_kernel: optional `f(index, stage, conv_kernel) -> conv_kernel`
+            applied to each stage's `(1, 1, group_in, out_channels)` conv kernel
+            (output channels in conv order; see `conv_order`), e.g. weight fake
+            quantization or a folded batch-norm scale.
+        observe: optional `f(index, stage, outputs) -> outputs` applied to each
+            stage's conv output `(1, M, 1, out_channels)` before its shuffle,
+            e.g. an activation range.
+
+    Returns:
+        `(M, plan.out_channels)`.
+    """
+    x = _pad_channels(matrix, plan.padded_in)
+    x = ops.reshape(x, (1, -1, 1, plan.padded_in))
+    for i, (kernel, stage) in enumerate(zip(kernels, plan.stages)):
+        conv_kernel = grouped_conv_kernel(kernel, stage)
+        if transform_kernel is not None:
+            conv_kernel = transform_kernel(i, stage, conv_kernel)
+        x = grouped_conv_1x1(x, conv_kernel)
+        if observe is not None:
+            x = observe(i, stage, x)
+        x = perfect_shuffle(x, stage.groups, stage.group_out)
         x = ops.reshape(x, (1, -1, 1, stage.out_channels))
-    return ops.reshape(x, (-1, stages[-1].out_channels))
+    x = ops.reshape(x, (-1, plan.padded_out))
+    if plan.padded_out != plan.out_channels:
+        x = x[:, : plan.out_channels]
+    return x
 
 
 def dense_from_kernels(kernels, plan, residual=False, dtype=None):
@@ -159,15 +247,16 @@ def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"
     if lowering == "dense":
         y = ops.matmul(matrix, dense_from_kernels(kernels, plan, residual, matrix.dtype))
         return ops.reshape(y, (*lead, plan.out_channels))
-    y = _pad_channels(matrix, plan.padded_in)
-    if lowering == "group_major":
-        y = _stages_group_major(y, kernels, plan.stages)
-    elif lowering == "grouped_conv":
-        y = _stages_grouped_conv(y, kernels, plan.stages)
+    if lowering == "grouped_conv":
+        y = grouped_conv_stages(matrix, kernels, plan)
     else:
-        y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
-    if plan.padded_out != plan.out_channels:
-        y = y[:, : plan.out_channels]
+        y = _pad_channels(matrix, plan.padded_in)
+        if lowering == "group_major":
+            y = _stages_group_major(y, kernels, plan.stages)
+        else:
+            y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
+        if plan.padded_out != plan.out_channels:
+            y = y[:, : plan.out_channels]
     if residual:
         if plan.in_channels > plan.out_channels:
             y = y + matrix[:, : plan.out_channels]

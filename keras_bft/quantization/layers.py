@@ -12,22 +12,22 @@ import keras
 from keras import ops
 
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.layers.butterfly_stages import ButterflyStages
+from keras_bft.ops import activations
 from keras_bft.ops import lowering as lowering_lib
 from keras_bft.quantization import quantizers
 
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
-_LINEAR_TYPES = (
+
+# The layers QuantizedLinear wraps (their batch norm folded, their kernel fake-quantized).
+LINEAR_TYPES = (
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
     keras.layers.Dense,
     ButterflyFusion,
+    ButterflyStages,
 )
-
-
-def _check_ema_decay(ema_decay):
-    if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"`ema_decay` must be a float in [0, 1). Received: ema_decay={ema_decay!r}")
-    return float(ema_decay)
+_BUTTERFLIES = (ButterflyFusion, ButterflyStages)
 
 
 def _apply_activation(x, activation):
@@ -48,14 +48,19 @@ def _check_fused_activation(activation):
     return activation
 
 
-class _QuantizedBase(keras.layers.Wrapper):
-    """Shared state: the EMA decay and the calibration switch (see `calibrate`)."""
+class QuantizedWrapper(keras.layers.Wrapper):
+    """Base of the layers that run a layer with int8 fake quantization and learn activation ranges.
+
+    Attributes:
+        ema_decay: decay of the moving averages of the ranges.
+        calibrating: while True, inference calls set the ranges to the mean of
+            the batches' ranges (`keras_bft.quantization.calibrate` sets it).
+    """
 
     def __init__(self, layer, ema_decay=0.99, **kwargs):
         super().__init__(layer, **kwargs)
-        self.ema_decay = _check_ema_decay(ema_decay)
-        # Set by `keras_bft.quantization.calibrate` around eager inference calls.
-        self._calibrating = False
+        self.ema_decay = quantizers.check_ema_decay(ema_decay)
+        self.calibrating = False
 
     def _range(self, name, fixed_range=None):
         return quantizers.ActivationRange(self, name, self.ema_decay, fixed_range)
@@ -88,7 +93,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
         super().__init__(**kwargs)
-        self.ema_decay = _check_ema_decay(ema_decay)
+        self.ema_decay = quantizers.check_ema_decay(ema_decay)
         if fixed_range is not None:
             fixed_range = tuple(float(v) for v in fixed_range)
             if len(fixed_range) != 2 or not fixed_range[0] <= 0.0 <= fixed_range[1] or fixed_range[0] == fixed_range[1]:
@@ -97,13 +102,13 @@ class ActivationQuantizer(keras.layers.Layer):
                     f"Received: fixed_range={fixed_range!r}"
                 )
         self.fixed_range = fixed_range
-        self._calibrating = False
+        self.calibrating = False  # see QuantizedWrapper
 
     def build(self, input_shape):
         self.output_range = quantizers.ActivationRange(self, "output", self.ema_decay, self.fixed_range)
 
     def call(self, inputs, training=None):
-        return self.output_range(inputs, bool(training) or self._calibrating, self._calibrating)
+        return self.output_range(inputs, bool(training) or self.calibrating, self.calibrating)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -115,7 +120,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
-class QuantizedOp(_QuantizedBase):
+class QuantizedOp(QuantizedWrapper):
     """Runs a weightless layer (Add, Concatenate, pooling, activation, ...) and fake-quantizes its output.
 
     Args:
@@ -152,38 +157,33 @@ class QuantizedOp(_QuantizedBase):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._form = _decomposed_form(self.layer)
+        self.form = int8_form(self.layer)
         # Ops that TFLite runs as several int8 ops get a range per intermediate tensor.
-        if self._form in ("hard_swish", "rescaling"):
+        if self.form in ("hard_swish", "rescaling"):
             self.scaled_range = self._range("scaled")
-        if self._form in ("hard_swish", "hard_sigmoid"):
+        if self.form in ("hard_swish", "hard_sigmoid"):
             self.gate_range = self._range("gate")
         self.output_range = self._range("output", self.fixed_range)
 
-    def _decomposed(self, x, update):
-        calibrating = self._calibrating
-        if self._form == "rescaling":
-            scaled = self.scaled_range(x * float(self.layer.scale), update, calibrating)
-            return scaled + float(self.layer.offset)
-        # relu6(x + 3): one ADD with a fused RELU6.
-        gate = self.gate_range(ops.relu6(x + 3.0), update, calibrating)
-        if self._form == "hard_sigmoid":
-            return gate * (1.0 / 6.0)
-        # hard-swish as (x / 6) * relu6(x + 3): MUL, ADD (+RELU6), MUL, the form
-        # keras_bft.tflite exports (XNNPACK lacks int8 HARD_SWISH).
-        return self.scaled_range(x * (1.0 / 6.0), update, calibrating) * gate
+    def _run_int8_form(self, x, update):
+        def observe(name, tensor):
+            return getattr(self, f"{name}_range")(tensor, update, self.calibrating)
+
+        if self.form == "rescaling":  # MUL then ADD
+            return observe("scaled", x * float(self.layer.scale)) + float(self.layer.offset)
+        if self.form == "hard_sigmoid":
+            return activations.hard_sigmoid(x, observe)
+        return activations.hard_swish(x, observe)
 
     def call(self, inputs, training=None):
-        update = bool(training) or self._calibrating
-        if self._form is not None:
-            outputs = self._decomposed(inputs, update)
+        update = bool(training) or self.calibrating
+        if self.form is not None:
+            outputs = self._run_int8_form(inputs, update)
         else:
             outputs = self.layer(inputs)
         outputs = _apply_activation(outputs, self.activation)
         if self.quantize_output:
-            outputs = self.output_range(
-                outputs, bool(training) or self._calibrating, self._calibrating
-            )
+            outputs = self.output_range(outputs, update, self.calibrating)
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -202,19 +202,23 @@ class QuantizedOp(_QuantizedBase):
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
-class QuantizedLinear(_QuantizedBase):
-    """A Conv2D / DepthwiseConv2D / Dense / ButterflyFusion with its batch norm folded and int8 fake quantization.
+class QuantizedLinear(QuantizedWrapper):
+    """A Conv2D / DepthwiseConv2D / Dense / butterfly with its batch norm folded and int8 fake quantization.
 
     Computes `activation(batch_norm(layer(x)))` the way the int8 TFLite model
     will: the batch norm is folded into the kernel and bias, the folded kernel
     is fake-quantized per output channel (symmetric, `[-127, 127]`), and the
     output after the fused activation is fake-quantized per tensor. Dense runs
     as a 1x1 CONV_2D (the converter keeps per-channel weights for CONV_2D; its
-    FULLY_CONNECTED path rejects per-channel fake quant). ButterflyFusion runs
-    its stages as grouped 1x1 convs, each stage's folded kernel quantized per
-    channel and each stage's output quantized (int8 tensors of the exported
-    graph); the residual branch is scaled by the batch norm (a 1x1 int8
-    DEPTHWISE_CONV_2D) and added (an int8 ADD with the fused activation).
+    FULLY_CONNECTED path rejects per-channel fake quant). A butterfly runs in
+    its export form: with `lowering="dense"` its dense matrix (residual
+    included, computed from the stage kernels) is one 1x1 conv; otherwise its
+    stages (merged by `merge_stages`) run as grouped 1x1 convs through
+    `keras_bft.ops.lowering.grouped_conv_stages`, each stage's folded kernel
+    quantized per channel and each stage's output quantized (int8 tensors of
+    the exported graph); the residual branch is scaled by the batch norm (a
+    1x1 int8 DEPTHWISE_CONV_2D) and added (an int8 ADD with the fused
+    activation).
 
     Batch norm folding (Krishnamoorthi 2018, "Quantizing deep convolutional
     networks for efficient inference", section 3.2): the kernel is always
@@ -228,8 +232,8 @@ class QuantizedLinear(_QuantizedBase):
     A batch norm with `trainable=False` always runs in inference mode.
 
     Args:
-        layer: a `Conv2D`, `DepthwiseConv2D`, `Dense` or `ButterflyFusion`
-            with linear activation and channels-last data.
+        layer: a `Conv2D`, `DepthwiseConv2D`, `Dense`, `ButterflyFusion` or
+            `ButterflyStages` with linear activation and channels-last data.
         batch_norm: optional `BatchNormalization` on the last axis that
             follows `layer`; it is folded.
         activation: `"linear"`, `"relu"` or `"relu6"` after the batch norm.
@@ -249,9 +253,9 @@ class QuantizedLinear(_QuantizedBase):
         **kwargs,
     ):
         super().__init__(layer, ema_decay=ema_decay, **kwargs)
-        if not isinstance(layer, _LINEAR_TYPES):
+        if not isinstance(layer, LINEAR_TYPES):
             raise ValueError(
-                "QuantizedLinear wraps Conv2D, DepthwiseConv2D, Dense or ButterflyFusion. "
+                "QuantizedLinear wraps Conv2D, DepthwiseConv2D, Dense, ButterflyFusion or ButterflyStages. "
                 f"Received: layer={layer.name!r} ({type(layer).__name__})"
             )
         if layer.activation is not keras.activations.linear:
@@ -294,8 +298,8 @@ class QuantizedLinear(_QuantizedBase):
                 self.batch_norm.build(output_shape)
         self.stage_ranges = []
         self.residual_range = None
-        if isinstance(self.layer, ButterflyFusion):
-            plan = self._butterfly_plan()
+        if self._runs_stages():
+            _, plan = self._stage_kernels()
             # Every stage output is an int8 tensor; without a residual the last
             # stage's output is the layer's output.
             inner = plan.num_stages if self.layer.residual else plan.num_stages - 1
@@ -304,11 +308,16 @@ class QuantizedLinear(_QuantizedBase):
                 self.residual_range = self._range("residual")
         self.output_range = self._range("output")
 
-    def _butterfly_plan(self):
-        plan = self.layer.plan
-        if self.layer.merge_stages is not None:
-            plan = plan.merge(self.layer.merge_stages)
-        return plan
+    def _runs_stages(self):
+        """A butterfly exported as stages (a dense-lowered ButterflyFusion runs as one 1x1 conv)."""
+        return isinstance(self.layer, _BUTTERFLIES) and self.layer.lowering != "dense"
+
+    def _stage_kernels(self):
+        kernels, plan = list(self.layer.kernels), self.layer.plan
+        merge_stages = getattr(self.layer, "merge_stages", None)
+        if merge_stages is not None:
+            kernels, plan = lowering_lib.merge_kernels(kernels, plan, merge_stages)
+        return kernels, plan
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -316,11 +325,11 @@ class QuantizedLinear(_QuantizedBase):
     # ------------------------------------------------------------------ call
 
     def call(self, inputs, training=None):
-        update = bool(training) or self._calibrating
+        update = bool(training) or self.calibrating
         bn_training = bool(training) and self.batch_norm is not None and self.batch_norm.trainable
         scale, correction, shift = self._fold(inputs, bn_training)
-        if isinstance(self.layer, ButterflyFusion):
-            outputs = self._butterfly(inputs, scale, correction, shift, update)
+        if self._runs_stages():
+            outputs = self._quantized_stages(inputs, scale, correction, shift, update)
         else:
             outputs = self._quantized_linear(inputs, scale)
             if correction is not None:
@@ -329,7 +338,7 @@ class QuantizedLinear(_QuantizedBase):
                 outputs = outputs + shift
             outputs = _apply_activation(outputs, self.activation)
         if self.quantize_output:
-            outputs = self.output_range(outputs, update, self._calibrating)
+            outputs = self.output_range(outputs, update, self.calibrating)
         return outputs
 
     def _layer_bias(self):
@@ -362,8 +371,8 @@ class QuantizedLinear(_QuantizedBase):
 
     def _quantized_linear(self, inputs, scale):
         layer = self.layer
-        kernel = layer.kernel
         if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kernel = layer.kernel
             kh, kw, channels, multiplier = kernel.shape
             flat = ops.reshape(kernel, (kh, kw, channels * multiplier))
             if scale is not None:
@@ -377,14 +386,16 @@ class QuantizedLinear(_QuantizedBase):
                 data_format="channels_last",
                 dilation_rate=layer.dilation_rate,
             )
-        if scale is not None:
-            kernel = kernel * scale
-        if isinstance(layer, keras.layers.Dense):
-            in_features, units = kernel.shape
-            kernel = quantizers.quantize_weights(ops.reshape(kernel, (1, 1, in_features, units)))
-            flat = ops.reshape(inputs, (-1, 1, 1, in_features))
-            outputs = ops.conv(flat, kernel, padding="valid")
-            return _restore_leading(outputs, inputs, units)
+        if isinstance(layer, (keras.layers.Dense, ButterflyFusion)):
+            # A dense-lowered butterfly is exported as one 1x1 conv of its dense
+            # matrix (residual included), computed from the stage kernels.
+            kernel = layer.kernel if isinstance(layer, keras.layers.Dense) else lowering_lib.dense_from_kernels(
+                list(layer.kernels), layer.plan, layer.residual
+            )
+            if scale is not None:
+                kernel = kernel * scale
+            return _quantized_pointwise(inputs, kernel)
+        kernel = layer.kernel if scale is None else layer.kernel * scale
         return ops.conv(
             inputs,
             quantizers.quantize_weights(kernel),
@@ -394,57 +405,46 @@ class QuantizedLinear(_QuantizedBase):
             dilation_rate=layer.dilation_rate,
         )
 
-    # ------------------------------------------------------------ butterfly
-
-    def _butterfly(self, inputs, scale, correction, shift, update):
+    def _quantized_stages(self, inputs, scale, correction, shift, update):
+        """The butterfly as its int8 stages (grouped convs), the batch norm folded into the last one."""
         layer = self.layer
-        kernels, plan = list(layer.kernels), layer.plan
-        if layer.merge_stages is not None:
-            kernels, plan = lowering_lib.merge_kernels(kernels, plan, layer.merge_stages)
+        kernels, plan = self._stage_kernels()
         in_channels, out_channels = plan.in_channels, plan.out_channels
-        x = inputs if len(inputs.shape) == 4 else ops.reshape(inputs, (-1, 1, 1, in_channels))
-        residual_source = x
-        if plan.padded_in > in_channels:
-            # Padded as a matrix: a Pad feeding the Conv2D directly is fused by
-            # TF's CPU graph optimizer into a (wrong) spatially padded conv.
-            height, width = x.shape[1], x.shape[2]
-            x = ops.pad(ops.reshape(x, (-1, in_channels)), ((0, 0), (0, plan.padded_in - in_channels)))
-            x = ops.reshape(x, (-1, height, width, plan.padded_in))
         last = plan.num_stages - 1
-        for i, (kernel, stage) in enumerate(zip(kernels, plan.stages)):
-            conv_kernel = lowering_lib.grouped_conv_kernel(kernel, stage)
+
+        def transform_kernel(i, stage, kernel):
             if i == last and scale is not None:
-                conv_kernel = conv_kernel * _stage_order(scale, stage, 1.0)
-            x = _grouped_conv_1x1(x, quantizers.quantize_weights(conv_kernel))
+                kernel = kernel * lowering_lib.conv_order(scale, stage, 1.0)
+            return quantizers.quantize_weights(kernel)
+
+        def observe(i, stage, x):
             if i == last:
                 if correction is not None:
-                    x = x * _stage_order(correction, stage, 1.0)
+                    x = x * lowering_lib.conv_order(correction, stage, 1.0)
                 if shift is not None:
-                    x = x + _stage_order(shift, stage, 0.0)
+                    x = x + lowering_lib.conv_order(shift, stage, 0.0)
                 if not layer.residual:
-                    # Elementwise, so it commutes with the shuffle below; here
-                    # TFLite fuses it into the CONV_2D.
+                    # Elementwise, so it commutes with the shuffle; TFLite fuses it into the CONV_2D.
                     x = _apply_activation(x, self.activation)
             if i < len(self.stage_ranges):
-                x = self.stage_ranges[i](x, update, self._calibrating)
-            x = _perfect_shuffle(x, stage.groups, stage.group_out)
-        if plan.padded_out > out_channels:
-            x = x[..., :out_channels]
-        if layer.residual:
-            residual = residual_source
-            if in_channels > out_channels:
-                residual = residual[..., :out_channels]
-            if scale is not None:
-                residual = _scale_channels(residual, scale[: residual.shape[-1]])
-                if correction is not None:
-                    residual = residual * correction[: residual.shape[-1]]
-                residual = self.residual_range(residual, update, self._calibrating)
-            if in_channels < out_channels:
-                residual = ops.pad(residual, ((0, 0), (0, 0), (0, 0), (0, out_channels - in_channels)))
-            x = _apply_activation(x + residual, self.activation)
-        if len(inputs.shape) != 4:
-            x = _restore_leading(x, inputs, out_channels)
-        return x
+                x = self.stage_ranges[i](x, update, self.calibrating)
+            return x
+
+        matrix = ops.reshape(inputs, (-1, in_channels))
+        x = lowering_lib.grouped_conv_stages(matrix, kernels, plan, transform_kernel, observe)
+        x = _restore_leading(x, inputs, out_channels)
+        if not layer.residual:
+            return x
+        residual = inputs if in_channels <= out_channels else inputs[..., :out_channels]
+        if scale is not None:
+            residual = _scale_channels(residual, scale[: residual.shape[-1]])
+            if correction is not None:
+                residual = residual * correction[: residual.shape[-1]]
+            residual = self.residual_range(residual, update, self.calibrating)
+        if in_channels < out_channels:
+            pad = [(0, 0)] * (len(inputs.shape) - 1) + [(0, out_channels - in_channels)]
+            residual = ops.pad(residual, pad)
+        return _apply_activation(x + residual, self.activation)
 
     def get_config(self):
         config = super().get_config()
@@ -462,8 +462,12 @@ class QuantizedLinear(_QuantizedBase):
         return config
 
 
-def _decomposed_form(layer):
-    """Layers whose int8 TFLite form is several ops: "hard_swish", "hard_sigmoid", "rescaling" or None."""
+def int8_form(layer):
+    """How TFLite runs a weightless layer in int8 when it takes several ops, else None.
+
+    `"hard_swish"`, `"hard_sigmoid"` (see `keras_bft.ops.activations`) or
+    `"rescaling"` (MUL then ADD).
+    """
     if isinstance(layer, keras.layers.Activation):
         name = getattr(layer.activation, "__name__", "")
         if name in ("hard_swish", "hard_silu"):
@@ -472,30 +476,23 @@ def _decomposed_form(layer):
             return "hard_sigmoid"
     if isinstance(layer, keras.layers.Rescaling):
         if isinstance(layer.scale, (int, float)) and isinstance(layer.offset, (int, float)) and layer.offset:
-            return "rescaling"  # MUL then ADD
+            return "rescaling"
     return None
 
 
-def _stage_order(vector, stage, fill):
-    """Per-channel `vector` (output order `e * G + g`) in the stage's conv order `g * b + e`, padded with `fill`."""
-    groups, group_out = stage.groups, stage.group_out
-    extra = groups * group_out - vector.shape[0]
-    if extra:
-        vector = ops.concatenate([vector, ops.full((extra,), fill, dtype=vector.dtype)])
-    return ops.reshape(ops.transpose(ops.reshape(vector, (group_out, groups))), (-1,))
+def _quantized_pointwise(inputs, kernel):
+    """`inputs @ fake_quant(kernel)` over the last axis as a 1x1 conv.
 
-
-def _grouped_conv_1x1(x, kernel):
-    """Grouped 1x1 conv (groups = channels / kernel.shape[2]), NHWC."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # keras.ops.conv runs grouped convs on TF through a new XLA function
-        # per call (recompiled in every eager call, ~8x slower training steps
-        # here); TF's own grouped Conv2D is correct on CPU (the tests hold it
-        # to the NumPy stage oracle) and converts to grouped CONV_2D.
-        return tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
-    return ops.conv(x, kernel, padding="valid")
+    The converter keeps per-channel weights for CONV_2D (its FULLY_CONNECTED
+    path rejects per-channel fake quant), and needs the fake quant on the 4-D
+    filter itself. Images run the conv directly; other ranks as `(M, 1, 1, C)`.
+    """
+    in_features, units = kernel.shape
+    kernel = quantizers.quantize_weights(ops.reshape(kernel, (1, 1, in_features, units)))
+    if len(inputs.shape) == 4:
+        return ops.conv(inputs, kernel, padding="valid")
+    outputs = ops.conv(ops.reshape(inputs, (-1, 1, 1, in_features)), kernel, padding="valid")
+    return _restore_leading(outputs, inputs, units)
 
 
 def _scale_channels(x, scale):
@@ -506,19 +503,15 @@ def _scale_channels(x, scale):
     """
     channels = scale.shape[0]
     kernel = quantizers.quantize_weights(ops.reshape(scale, (1, 1, channels)))
-    return ops.depthwise_conv(x, ops.reshape(kernel, (1, 1, channels, 1)), padding="valid")
-
-
-def _perfect_shuffle(x, groups, group_out):
-    """(..., groups * group_out) in order g * b + e -> order e * G + g."""
-    height, width = x.shape[1], x.shape[2]
-    x = ops.reshape(x, (-1, groups, group_out))
-    x = ops.transpose(x, (0, 2, 1))
-    return ops.reshape(x, (-1, height, width, groups * group_out))
+    kernel = ops.reshape(kernel, (1, 1, channels, 1))
+    if len(x.shape) == 4:
+        return ops.depthwise_conv(x, kernel, padding="valid")
+    flat = ops.depthwise_conv(ops.reshape(x, (-1, 1, 1, channels)), kernel, padding="valid")
+    return _restore_leading(flat, x, channels)
 
 
 def _restore_leading(outputs, inputs, channels):
-    """Reshapes a (M, 1, 1, channels) result back to `inputs`' leading dimensions."""
+    """Reshapes a result with `channels` last back to `inputs`' leading dimensions."""
     leading = inputs.shape[1:-1]
     if all(d is not None for d in leading):
         return ops.reshape(outputs, (-1, *leading, channels))

@@ -33,6 +33,13 @@ FIXED_RANGES = {
 }
 
 
+def check_ema_decay(ema_decay):
+    """Returns `ema_decay` as a float if it is in [0, 1), else raises a ValueError naming it."""
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"`ema_decay` must be a float in [0, 1). Received: ema_decay={ema_decay!r}")
+    return float(ema_decay)
+
+
 def quantize_weights(kernel):
     """Per-channel symmetric int8 fake quantization along the last axis of `kernel`.
 

@@ -42,6 +42,12 @@ def add_parser(subparsers):
     )
     p.add_argument("--io-type", default="float32", choices=convert_lib.IO_TYPES, help="int8 model I/O type")
     p.add_argument("--samples", type=int, default=100, help="at most this many calibration samples")
+    p.add_argument(
+        "--objective", default="latency", choices=("latency", "size", "balanced"),
+        help="what each ButterflyFusion's exported form is chosen for: latency (fastest predicted; "
+        "default), size (never more weights than the trained stages) or balanced (fastest within "
+        "1.25x the staged weights)",
+    )
     p.add_argument("--no-optimize", action="store_true", help="keep ButterflyFusion lowerings as saved")
     p.add_argument("--no-verify", action="store_true", help="skip the LiteRT parity/delegation check")
     p.add_argument("--warn-only", action="store_true", help="a failed check warns instead of failing")
@@ -105,12 +111,9 @@ def run_convert(args):
             optimize=not args.no_optimize,
             num_calibration_samples=args.samples,
             return_report=True,
+            objective=args.objective,
         )
-        for decision in report:
-            print(
-                f"{decision.layer}: {decision.kind} radices={list(decision.radices)} "
-                f"(predicted {decision.predicted_us:.0f} us vs {decision.original_us:.0f} us as trained)"
-            )
+        print(report)
         if not args.no_verify:
             samples = convert_lib.sample_inputs(model, num_samples=4)
             if args.calibration is not None:

@@ -10,6 +10,7 @@ import numpy as np
 from keras_bft.tflite import calibration
 from keras_bft.tflite import graph
 from keras_bft.tflite import rewrite
+from keras_bft.tflite import search
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 IO_TYPES = ("float32", "int8")
@@ -186,6 +187,7 @@ def convert(
     preprocess=None,
     cost_model=None,
     return_report=False,
+    objective="latency",
 ):
     """Converts a Keras model to LiteRT (.tflite) bytes with builtin ops only.
 
@@ -218,13 +220,18 @@ def convert(
             `QuantizationDebugger` deny list, only when such an op appears.
         num_calibration_samples: at most this many calibration samples.
         preprocess: function applied to each calibration sample.
-        cost_model: a `rewrite.CostModel` for the lowering choice (default:
+        cost_model: a `cost_model.CostModel` for the lowering choice (default:
             the one measured on LiteRT, see docs/benchmarks-tflite.md).
-        return_report: also return the per-layer lowering decisions.
+        return_report: also return the lowering report.
+        objective: what the ButterflyFusion forms are chosen for: `"latency"`
+            (the fastest predicted), `"size"` (never more weights than the
+            trained stages) or `"balanced"` (the fastest within 1.25x the
+            staged weights); see `keras_bft.tflite.search`.
 
     Returns:
         The .tflite model as `bytes` (and, with `return_report=True`, a tuple
-        `(bytes, decisions)`).
+        `(bytes, report)`: a `LoweringReport`, whose `str` summarises the
+        forms and which iterates over the per-layer decisions).
 
     Example:
 
@@ -249,6 +256,7 @@ def convert(
             "`io_type='int8'` needs quantization='int8'. "
             f"Received: io_type={io_type!r}, quantization={quantization!r}"
         )
+    search.check_objective(objective)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     if output_path is not None and os.path.exists(output_path) and not overwrite:
@@ -264,11 +272,11 @@ def convert(
 
     shapes = _static_input_shapes(model, batch_size, input_shape)
     dtypes = _input_dtypes(model, len(shapes))
-    decisions = []
+    decisions = rewrite.LoweringReport(quantization, None, tuple(shapes))
     export_model = model
     if optimize:
         export_model, decisions = rewrite.prepare_for_export(
-            model, quantization, shapes, cost_model=cost_model
+            model, quantization, shapes, cost_model=cost_model, objective=objective
         )
     function = _concrete_function(export_model, shapes, dtypes)
 

@@ -13,7 +13,7 @@ def randomize_batchnorm(model, seed=0):
     and conversion tests on untrained models use this instead. Returns `model`.
     """
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = (w.shape for w in layer.get_weights())
             layer.set_weights(
@@ -25,3 +25,10 @@ def randomize_batchnorm(model, seed=0):
                 ]
             )
     return model
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)

@@ -29,6 +29,8 @@ import math
 import keras
 
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.layers.data_format import channel_axis
+from keras_bft.utils.layer_graph import LayerGraph
 
 # Layers with weights that still count 0 MACs (elementwise scale/shift).
 _FREE_WEIGHTED = (
@@ -51,13 +53,9 @@ def _positions(shape, channel_axis):
     return math.prod(dims)
 
 
-def _channel_axis(layer, rank):
-    return 1 if rank > 2 and getattr(layer, "data_format", None) == "channels_first" else -1
-
-
 def _layer_macs(layer, in_shape, out_shape):
     """MACs of one call of `layer`, or None for a layer the count ignores."""
-    axis = _channel_axis(layer, len(out_shape))
+    axis = channel_axis(getattr(layer, "data_format", None), len(out_shape))
     if isinstance(layer, ButterflyFusion):
         return _positions(out_shape, axis) * layer.plan.macs
     if isinstance(layer, keras.layers.Dense):
@@ -84,30 +82,17 @@ def _layer_macs(layer, in_shape, out_shape):
     return None
 
 
-def _graph_nodes(model):
-    """The nodes of a model's graph in execution order."""
-    functional = getattr(model, "_functional", None) or model
-    by_depth = getattr(functional, "_nodes_by_depth", None)
-    if by_depth is None:
-        raise ValueError(
-            "count_macs needs a functional or built Sequential model (a graph of layers). "
-            f"Received: model={model.name!r} of type {type(model).__name__}"
-        )
-    for depth in sorted(by_depth, reverse=True):
-        yield from by_depth[depth]
-
-
 def _rows(model, prefix):
-    for node in _graph_nodes(model):
-        layer = node.operation
-        if isinstance(layer, keras.layers.InputLayer) or not isinstance(layer, keras.layers.Layer):
+    for call in LayerGraph(model, caller="count_macs").calls:
+        layer = call.layer
+        if not isinstance(layer, keras.layers.Layer):
             continue
         name = f"{prefix}{layer.name}"
         if isinstance(layer, keras.Model):
             yield from _rows(layer, f"{name}/")
             continue
-        in_shape = tuple(node.input_tensors[0].shape) if node.input_tensors else None
-        out_shape = tuple(node.output_tensors[0].shape)
+        in_shape = call.input_shape if call.inputs else None
+        out_shape = call.output_shape
         macs = _layer_macs(layer, in_shape, out_shape)
         if macs is not None:
             yield {
