@@ -271,9 +271,9 @@ def call_argument(model, tensors, names):
     structure = model.input if _keras_inputs(model) is not None else None
     if isinstance(structure, dict):
         return dict(zip(names, tensors))
-    if len(tensors) == 1:
-        return tensors[0]
-    return list(tensors)
+    if isinstance(structure, (list, tuple)) or len(tensors) > 1:
+        return list(tensors)
+    return tensors[0]
 
 
 def output_names(model, outputs):
