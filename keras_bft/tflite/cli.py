@@ -132,12 +132,6 @@ def _error(message):
     return 2
 
 
-def _quiet_tensorflow():
-    # TensorFlow's C++ INFO/WARNING lines (CUDA probing, CPU features) are not
-    # the user's business in a command's output; the user's setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _load_keras(path):
     import keras
 
@@ -207,7 +201,6 @@ def run_convert(args):
         _convert_checks(args)
     except (ValueError, FileExistsError) as error:
         return _error(str(error))
-    _quiet_tensorflow()
     verify_lib = importlib.import_module("keras_bft.tflite.verify")
     input_shape = _input_shape_argument(args.input_shape)
     try:
@@ -293,7 +286,6 @@ def run_benchmark(args):
             graph_lib.read_bytes(path, "model")
     except (ValueError, FileExistsError) as error:
         return _error(str(error))
-    _quiet_tensorflow()
     benchmark_lib = importlib.import_module("keras_bft.tflite.benchmark")
     try:
         rows = benchmark_lib.benchmark(

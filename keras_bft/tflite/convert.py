@@ -5,7 +5,8 @@
 1. `_check_arguments` and `check_output_path`: every argument, before any work;
 2. `model_inputs`: the static input shapes, dtypes and names;
 3. `calibration.load`: the int8 calibration data, checked;
-4. `float32_model`: a float32 rebuild of a mixed-precision model;
+4. `static_float32_model`: a rebuild with static input shapes and float32
+   layers, for models with unknown input dimensions or mixed precision;
 5. `rewrite.prepare_for_export`: each ButterflyFusion in its fastest exact form;
 6. `_save`: a SavedModel whose `serving_default` signature has the Keras
    input and output names (Keras' `ExportArchive`);
@@ -340,40 +341,75 @@ def _float32_policy():
         keras.config.set_dtype_policy(previous)
 
 
-def float32_model(model):
-    """`model` itself, or for a mixed-precision model a float32 rebuild with the same weights.
-
-    LiteRT's float and int8 kernels take float32 graphs; a `mixed_float16`
-    model's float16 compute (and its casts) would not convert. The rebuild is
-    made from the model's config with every reduced-precision dtype policy
-    replaced by float32; the caller's model is not changed.
-
-    Raises:
-        ValueError: the model has reduced-precision layers and cannot be
-            rebuilt from its config (e.g. a subclassed model without
-            `get_config`); the message names the dtype policy and the fix.
-    """
+def _reduced_precision(model):
+    """The reduced-precision dtype policies of `model`'s layers, and its config (None if it has none)."""
     import keras
 
     try:
         config = keras.saving.serialize_keras_object(model)
-        policies = _reduced_precision_policies(config)
     except (NotImplementedError, TypeError, ValueError):
-        config, policies = None, set()
-        if model.dtype_policy.name in _REDUCED_PRECISION:
-            policies = {model.dtype_policy.name}
-    if not policies:
+        return ({model.dtype_policy.name} & set(_REDUCED_PRECISION)), None
+    return _reduced_precision_policies(config), config
+
+
+def static_float32_model(model, inputs):
+    """`model` itself, or a rebuild of it with static input shapes and float32 layers.
+
+    Two things need a rebuild (from the layers' configs, with the same
+    weights; the caller's model is not changed):
+
+    - inputs with unknown dimensions (set by `input_shape`): the export
+      rewrite needs each layer's static input shape;
+    - a mixed-precision model (`mixed_float16`): LiteRT's float and int8
+      kernels take float32 graphs, and float16 compute with its casts would
+      not convert.
+
+    Args:
+        model: a Keras model.
+        inputs: its static inputs (`model_inputs`).
+
+    Returns:
+        `model`, or the rebuilt model.
+
+    Raises:
+        ValueError: the model has reduced-precision layers and cannot be
+            rebuilt (e.g. a subclassed model without `get_config`); the message
+            names the dtype policy and the fix.
+    """
+    import keras
+
+    policies, _ = _reduced_precision(model)
+    tensors = _keras_inputs(model)
+    dynamic = tensors is not None and any(
+        tuple(t.shape[1:]) != tuple(i.shape[1:]) for t, i in zip(tensors, inputs)
+    )
+    if not policies and not dynamic:
         return model
+
+    def float32_layer(layer):
+        return layer.__class__.from_config(_float32_config(layer.get_config()))
+
     try:
-        if config is None:
-            raise NotImplementedError("the model has no config")
-        with _float32_policy():
-            rebuilt = keras.saving.deserialize_keras_object(_float32_config(config))
-            weights = model.get_weights()
-            if [w.shape for w in weights] != [tuple(w.shape) for w in rebuilt.weights]:
-                raise ValueError("the float32 rebuild has other weights than the model")
-            rebuilt.set_weights([np.asarray(w, dtype="float32") if w.dtype.kind == "f" else w for w in weights])
-    except Exception as error:  # deserialization raises many types
+        if tensors is None:
+            raise NotImplementedError("a subclassed model cannot be cloned layer by layer")
+        static = [
+            keras.Input(batch_shape=(None, *i.shape[1:]), dtype=t.dtype, name=t.name)
+            for t, i in zip(tensors, inputs)
+        ]
+        structure = model.input
+        if isinstance(structure, dict):
+            by_id = {id(t): s for t, s in zip(tensors, static)}
+            static = {key: by_id[id(t)] for key, t in structure.items()}
+        elif not isinstance(structure, (list, tuple)):
+            static = static[0]
+        rebuilt = keras.models.clone_model(model, input_tensors=static, clone_function=float32_layer)
+        weights = model.get_weights()
+        if [tuple(w.shape) for w in weights] != [tuple(w.shape) for w in rebuilt.get_weights()]:
+            raise ValueError("the rebuild has other weights than the model")
+        rebuilt.set_weights([np.asarray(w, "float32") if w.dtype.kind == "f" else w for w in weights])
+    except Exception as error:  # cloning raises many types
+        if not policies:
+            return model  # exact as is; only the export rewrite misses the static shapes
         raise ValueError(
             f"Model {model.name!r} uses the dtype policy {sorted(policies)}: LiteRT needs a float32 "
             f"graph, and rebuilding the model in float32 failed ({type(error).__name__}: {error}). "
@@ -644,7 +680,7 @@ def convert(
     input tensors' names and `model.output_names`), and a record of the output
     structure, so `predict` returns outputs shaped like the model's. A
     `mixed_float16` model is converted through a float32 rebuild with the same
-    weights (see `float32_model`).
+    weights (see `static_float32_model`).
 
     Args:
         model: a `keras.Model` (TensorFlow backend); single, list or dict
@@ -715,7 +751,7 @@ def convert(
         )
 
     with _float32_policy():
-        float_model = float32_model(model)
+        float_model = static_float32_model(model, inputs)
         report = []
         export_model = float_model
         if optimize:

@@ -320,7 +320,9 @@ def verify(
 ):
     """Runs a .tflite model in LiteRT and compares it with Keras, output by output.
 
-    Outputs are matched by name (the `serving_default` signature). Each output
+    Outputs are matched by name (the `serving_default` signature). A
+    mixed-precision Keras model is compared through its float32 rebuild (the
+    graph `convert` exported; see `convert.static_float32_model`). Each output
     gets its max relative error and SNR; top-1 agreement is scored on
     classifier outputs: `classifier_outputs` if given, else the single output
     of a one-output model with one row of classes per sample, and in
@@ -344,9 +346,11 @@ def verify(
     Returns:
         A `VerifyReport`.
     """
+    from keras_bft.tflite.calibration import ModelInput
     from keras_bft.tflite.convert import ConversionResult
     from keras_bft.tflite.convert import call_argument
     from keras_bft.tflite.convert import output_names
+    from keras_bft.tflite.convert import static_float32_model
 
     if quantization is None:
         quantization = (
@@ -370,8 +374,11 @@ def verify(
         got = [model.run(s) for s in samples]
         delegated = bool(runtime.compiled_model(path).is_fully_accelerated()) if check_delegation else None
 
-    expected = []
     names = list(model.inputs)
+    keras_model = static_float32_model(
+        keras_model, [ModelInput(n, tuple(d["shape"]), "float32") for n, d in model.inputs.items()]
+    )
+    expected = []
     for sample in samples:
         out = keras_model(call_argument(keras_model, [sample[n] for n in names], names), training=False)
         _, keras_names, flat = output_names(keras_model, out)
