@@ -115,7 +115,8 @@ class _Scale:
     offset: float
 
     def __call__(self, array):
-        return np.asarray(array, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        with np.errstate(over="ignore"):  # an overflow to inf is reported as a non-finite sample
+            return np.asarray(array, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)
 
 
 def is_image_folder(data):

@@ -102,16 +102,26 @@ def check_output_path(output_path, overwrite=False, argument="output_path"):
         raise ValueError(
             f"The folder of `{argument}` does not exist ({folder!r}). Received: {argument}={path!r}"
         )
-    if not os.access(folder, os.W_OK | os.X_OK):
+    probe = _temp_path(path)
+    try:  # the one reliable test (permissions, read-only mounts, root, /proc): create a file
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(probe)
+    except OSError as error:
         raise ValueError(
-            f"The folder of `{argument}` is not writable ({folder!r}). Received: {argument}={path!r}"
-        )
+            f"The folder of `{argument}` is not writable ({folder!r}: {error.strerror}). "
+            f"Received: {argument}={path!r}"
+        ) from None
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
             f"Refusing to overwrite the existing file {path!r}; pass overwrite=True (--force). "
             f"Received: {argument}={path!r}"
         )
     return path
+
+
+def _temp_path(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
 
 
 def write_atomic(data, output_path, overwrite=False, argument="output_path"):
@@ -127,8 +137,7 @@ def write_atomic(data, output_path, overwrite=False, argument="output_path"):
         argument: the argument (or CLI flag) named in errors.
     """
     path = check_output_path(output_path, overwrite, argument)
-    folder = os.path.dirname(os.path.abspath(path))
-    temp_path = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    temp_path = _temp_path(path)
     # os.open applies the umask to 0o666 (mkstemp would leave 0o600).
     handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

@@ -209,7 +209,7 @@ def _samples(sample_inputs, inputs, argument="sample_inputs"):
             )
         sample = {}
         for name, part in zip(names, parts):
-            shape = tuple(inputs[name]["shape"])
+            shape = tuple(int(d) for d in inputs[name]["shape"])
             try:
                 value = np.asarray(part, dtype=np.float32)
             except (TypeError, ValueError) as error:
