@@ -161,9 +161,8 @@ def run_pair(pair, threads, runs, rounds, log):
         synthetic.randomize_batchnorm(model)
         data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
         start = time.time()
-        blob, decisions = tflite.convert(
-            model, "int8", representative_data=data, return_report=True, **opts
-        )
+        result = tflite.convert(model, "int8", representative_data=data, **opts)
+        blob, decisions = result.tflite_bytes, result.report
         kinds = {}
         for d in decisions:
             key = "dense" if d.kind == "dense" else "x".join(str(r) for r in d.radices)

@@ -108,7 +108,7 @@ def _to_litert(model, converter):
     if converter == "keras_bft":
         from keras_bft import tflite
 
-        return tflite.convert(model, quantization="float32")
+        return tflite.convert(model, quantization="float32").tflite_bytes
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()

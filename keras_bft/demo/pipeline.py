@@ -148,7 +148,7 @@ def _accuracy(logits, labels):
 
 def _litert_accuracy(tflite_model, x, labels):
     """Accuracy of a .tflite model run in LiteRT on each image (batch 1, as exported)."""
-    return _accuracy(np.concatenate([out[0] for out in tflite.predict(tflite_model, x)]), labels)
+    return _accuracy(np.concatenate(tflite.predict(tflite_model, x)), labels)  # one (1, classes) array a sample
 
 
 # ---------------------------------------------------------------------------
@@ -318,7 +318,7 @@ class Demo:
     def _export(self, model, result):
         s = self.settings
         calib = self.x_train[:s.calibration_images]
-        int8 = tflite.convert(model, quantization="int8", representative_data=calib)
+        int8 = tflite.convert(model, quantization="int8", representative_data=calib).tflite_bytes
         path = os.path.join(self.tmp_dir, "models", result.name + "-int8.tflite")
         with open(path, "wb") as f:
             f.write(int8)
@@ -343,7 +343,7 @@ class Demo:
         )
         qmodel.fit(self.x_train, self.y_train, batch_size=s.batch_size, epochs=s.qat_epochs,
                    shuffle=True, verbose=1 if self._interactive else 2)
-        int8 = tflite.convert(qmodel, quantization="int8")
+        int8 = tflite.convert(qmodel, quantization="int8").tflite_bytes
         path = os.path.join(self.tmp_dir, "models", result.name + "-qat-int8.tflite")
         with open(path, "wb") as f:
             f.write(int8)
