@@ -192,7 +192,7 @@ def _samples(count=2, shape=(6, 6, 16)):
 VERIFY_CASES = [
     Case("verify-samples-wrong-shape", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(2, (5, 5, 16))),
          ValueError, ("sample_inputs", "(1, 5, 5, 16)", "(1, 6, 6, 16)")),
-    Case("verify-no-samples", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, []), ValueError, ("sample_inputs", "list of 0 samples")),
+    Case("verify-no-samples", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, []), ValueError, ("sample_inputs", "list of 0 items")),
     Case("verify-on-failure-unknown", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(), on_failure="loud"),
          ValueError, ("on_failure", "'loud'")),
     Case("verify-quantization-unknown", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(), quantization="int4"),

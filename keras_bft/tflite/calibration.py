@@ -40,11 +40,13 @@ class Calibration:
         samples: one `{input name: array with batch axis 1}` per sample.
         source: how the data was received, for messages.
         value_range: `(min, max)` over all samples of the first input.
+        argument: the argument (or CLI flag) the data came from.
     """
 
     samples: tuple
     source: str
     value_range: tuple
+    argument: str = "representative_data"
 
     def __len__(self):
         return len(self.samples)
@@ -59,7 +61,7 @@ class Calibration:
 
 
 def describe(data):
-    """A short description of calibration `data` for error messages (never the values)."""
+    """A short description of input `data` for error messages (shapes and types, not the values)."""
     if isinstance(data, (str, os.PathLike)):
         return repr(os.fspath(data))
     if isinstance(data, np.ndarray):
@@ -68,7 +70,8 @@ def describe(data):
         return f"{type(data).__name__} of {len(data)} items"
     if isinstance(data, dict):
         return f"dict with keys {sorted(data)}"
-    return f"{type(data).__name__} object"
+    text = repr(data)
+    return text if len(text) <= 80 else f"{type(data).__name__} object"
 
 
 def preprocessing(spec, argument="preprocess"):
@@ -397,6 +400,13 @@ def load(
             dtype), a missing or unreadable file.
     """
     if isinstance(data, Calibration):
+        wanted = {i.name: tuple(i.shape[1:]) for i in inputs}
+        for sample in data.samples:
+            if {n: tuple(a.shape[1:]) for n, a in sample.items()} != wanted:
+                raise ValueError(
+                    f"`{argument}` was loaded for other inputs than the model's {wanted}. "
+                    f"Received: {argument}={data.source}"
+                )
         return data
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(
@@ -426,7 +436,7 @@ def load(
             UserWarning,
             stacklevel=3,
         )
-    return Calibration(tuple(samples), received, (low, high))
+    return Calibration(tuple(samples), received, (low, high), argument)
 
 
 def _checked(array, model_input, function, index, argument, received):

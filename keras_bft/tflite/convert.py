@@ -150,7 +150,7 @@ def write_atomic(data, output_path, overwrite=False, argument="output_path"):
         raise
 
 
-def _check_arguments(model, quantization, io_type, batch_size, float_ops):
+def _check_arguments(model, quantization, io_type, batch_size, float_ops, verbose):
     import keras
 
     if not isinstance(model, keras.Model):
@@ -173,6 +173,8 @@ def _check_arguments(model, quantization, io_type, batch_size, float_ops):
             "`float_ops` must be a tuple of TFLite op names such as ('SOFTMAX',). "
             f"Received: float_ops={float_ops!r}"
         )
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             "TFLite conversion needs the TensorFlow backend (KERAS_BACKEND=tensorflow). "
@@ -304,6 +306,16 @@ def output_names(model, outputs):
         else:
             names = ["output"] if len(flat) == 1 else [f"output_{i}" for i in range(len(flat))]
     return ("list" if isinstance(outputs, (list, tuple)) else "single"), names, flat
+
+
+def _calibration_data(model, inputs, quantization, data, num_samples, preprocess, verbose):
+    """The checked `calibration.Calibration` for an int8 conversion, or None."""
+    if quantization != "int8" or data is None:
+        return None
+    expected = calibration.expected_input_range(model)
+    if preprocess is None:
+        preprocess = calibration.default_preprocess(data, expected)
+    return calibration.load(data, inputs, num_samples, preprocess, expected, progress=verbose)
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -525,7 +537,7 @@ def _calibrator_warnings_silenced():
         yield
 
 
-def _check_activations(folder, data, argument):
+def _check_activations(folder, data):
     """Refuses calibration samples that drive a tensor of the float model out of float32's range.
 
     TFLite's calibrator aborts the process ("scale out of expressed type
@@ -558,10 +570,10 @@ def _check_activations(folder, data, argument):
             if value.size and not np.all(np.abs(value) <= limit):
                 worst = float(np.nanmax(np.abs(value))) if not np.all(np.isnan(value)) else float("nan")
                 raise ValueError(
-                    f"`{argument}` sample {index} drives the model's tensor {detail['name']!r} out of "
-                    f"float32's range (|x| up to {worst:.3g}, or NaN; int8 calibration needs "
+                    f"`{data.argument}` sample {index} drives the model's tensor {detail['name']!r} out "
+                    f"of float32's range (|x| up to {worst:.3g}, or NaN; int8 calibration needs "
                     f"|x| <= {limit:.3g}). Scale the calibration data as the model expects. "
-                    f"Received: {argument}={data.source}"
+                    f"Received: {data.argument}={data.source}"
                 )
 
 
@@ -604,7 +616,7 @@ def _quantize_with_float_ops(converter, float_ops, dataset, io_type):
     return quantized
 
 
-def _convert(folder, export_model, function, quantization, io_type, data, float_ops, argument):
+def _convert(folder, export_model, function, quantization, io_type, data, float_ops):
     """The .tflite bytes: one conversion, plus a second keeping `float_ops` in float when needed."""
     dataset = None if data is None else data.dataset()
 
@@ -654,7 +666,8 @@ def _check_result(tflite_model, export_model, quantization, float_ops, qat, data
         )
     raise ValueError(
         f"quantization='int8' was requested but ops {left} of model {export_model.name!r} came out "
-        f"in float (the calibration data gave them no usable range). Received: representative_data="
+        f"in float (the calibration data gave them no usable range). Received: "
+        f"{data.argument if data is not None else 'representative_data'}="
         f"{data.source if data is not None else None}, float_ops={tuple(float_ops)!r}"
     )
 
@@ -723,7 +736,8 @@ def convert(
             A calibration range far from the expected one warns.
         cost_model: a `rewrite.CostModel` for the lowering choice (default:
             the one measured on LiteRT, see docs/benchmarks-tflite.md).
-        verbose: 1 prints each step (for the command line), 0 is silent.
+        verbose: 1 prints each step (2: progress bars as single lines, for
+            logs), 0 is silent.
 
     Returns:
         A `ConversionResult` (`.tflite_bytes`, `.path`, `.report`).
@@ -740,24 +754,12 @@ def convert(
     from keras_bft.tflite import rewrite
 
     say = print if verbose else (lambda *args, **kwargs: None)
-    _check_arguments(model, quantization, io_type, batch_size, float_ops)
+    _check_arguments(model, quantization, io_type, batch_size, float_ops, verbose)
     output_path = check_output_path(output_path, overwrite)
     inputs = model_inputs(model, int(batch_size), input_shape)
-
-    data = None
-    if quantization == "int8" and representative_data is not None:
-        if preprocess is None:
-            preprocess = calibration.default_preprocess(
-                representative_data, calibration.expected_input_range(model)
-            )
-        data = calibration.load(
-            representative_data,
-            inputs,
-            num_calibration_samples,
-            preprocess,
-            calibration.expected_input_range(model),
-            progress=verbose,
-        )
+    data = _calibration_data(
+        model, inputs, quantization, representative_data, num_calibration_samples, preprocess, verbose
+    )
 
     with _float32_policy():
         float_model = static_float32_model(model, inputs)
@@ -780,11 +782,10 @@ def convert(
                 )
             if data is not None:
                 say(f"Checking {len(data)} calibration samples through the float model", flush=True)
-                _check_activations(folder, data, "representative_data")
+                _check_activations(folder, data)
             say(f"Converting to {quantization}", flush=True)
             tflite_model = _convert(
-                folder, export_model, function, quantization, io_type, data, float_ops,
-                "representative_data",
+                folder, export_model, function, quantization, io_type, data, float_ops
             )
     _check_result(tflite_model, export_model, quantization, float_ops, qat, data)
     record = {

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 
+from keras_bft.tflite import calibration
 from keras_bft.tflite import graph
 from keras_bft.tflite import runtime
 
@@ -158,7 +159,7 @@ class _Model:
 def _samples(sample_inputs, inputs, argument="sample_inputs"):
     """A list of samples, each `{input name: float32 array of the input's shape}`."""
     names = list(inputs)
-    received = _describe(sample_inputs)
+    received = calibration.describe(sample_inputs)
     if isinstance(sample_inputs, dict):
         if set(sample_inputs) != set(names):
             raise ValueError(
@@ -225,16 +226,6 @@ def _samples(sample_inputs, inputs, argument="sample_inputs"):
             sample[name] = value.reshape(shape)
         samples.append(sample)
     return samples
-
-
-def _describe(value):
-    if isinstance(value, np.ndarray):
-        return f"array of shape {value.shape} and dtype {value.dtype}"
-    if isinstance(value, (list, tuple)):
-        return f"{type(value).__name__} of {len(value)} samples"
-    if isinstance(value, dict):
-        return f"dict with keys {sorted(value)}"
-    return repr(value)
 
 
 def predict(tflite_model, sample_inputs):
