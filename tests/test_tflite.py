@@ -395,15 +395,13 @@ def _input_range(result):
 
 
 def test_image_folder_calibration_follows_the_model_expected_range(tmp_path):
-    from keras_bft import applications
-
-    pixels = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3))
+    pixels = np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3))
     for i, image in enumerate(pixels):
         keras.utils.save_img(tmp_path / f"{i}.png", image, scale=False)
     folder = str(tmp_path)
-    # A BFT MobileNetV2 expects [-1, 1]: the folder's pixels are scaled by default.
-    model = applications.MobileNetV2BFT((32, 32, 3), classes=4, alpha=0.35, classifier_activation=None)
-    synthetic.randomize_batchnorm(model)
+    # A model built from keras-bft's layers (as MobileNetV1/V2/ShuffleNetV2BFT) expects [-1, 1]:
+    # the folder's pixels are scaled by default.
+    model = small_model(channels=3, filters=16)
     low, high = _input_range(tflite.convert(model, "int8", representative_data=folder, io_type="int8"))
     assert -1.1 < low < -0.9 and 0.9 < high < 1.1
     # Stated explicitly: the same; raw pixels: the range the README example used to get, with a warning.
@@ -413,10 +411,24 @@ def test_image_folder_calibration_follows_the_model_expected_range(tmp_path):
     with pytest.warns(UserWarning, match="far from the model's expected input range"):
         result = tflite.convert(model, "int8", representative_data=folder, io_type="int8", preprocess="none")
     assert _input_range(result)[1] > 200
-    # A MobileNetV3 with its Rescaling layer takes pixels: no scaling by default.
-    v3 = applications.MobileNetV3SmallBFT((32, 32, 3), classes=4, alpha=0.75, classifier_activation=None)
-    synthetic.randomize_batchnorm(v3)
-    assert _input_range(tflite.convert(v3, "int8", representative_data=folder, io_type="int8"))[1] > 200
+    # A model starting with a Rescaling layer (MobileNetV3 builders, include_preprocessing=True)
+    # takes pixels: no scaling by default.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    rescaling = keras.Model(inputs, ButterflyFusion(8)(keras.layers.Conv2D(8, 1)(x)))
+    assert _input_range(tflite.convert(rescaling, "int8", representative_data=folder, io_type="int8"))[1] > 200
+
+
+def test_the_builders_say_what_range_they_expect():
+    from keras_bft import applications
+    from keras_bft.tflite import calibration
+
+    for builder in (applications.MobileNetV1BFT, applications.MobileNetV2BFT, applications.ShuffleNetV2BFT):
+        model = builder((32, 32, 3), classes=4)
+        assert calibration.expected_input_range(model) == (-1.0, 1.0), builder.__name__
+    v3 = applications.MobileNetV3SmallBFT((32, 32, 3), classes=4)
+    assert calibration.expected_input_range(v3) == (0.0, 255.0)
+    assert calibration.expected_input_range(small_model(fusion="pointwise")) is None  # unknown: not ours
 
 
 # ---------------------------------------------------------------- files (item 6)

@@ -9,7 +9,7 @@
    layers, for models with unknown input dimensions or mixed precision;
 5. `rewrite.prepare_for_export`: each ButterflyFusion in its fastest exact form;
 6. `_save`: a SavedModel whose `serving_default` signature has the Keras
-   input and output names (Keras' `ExportArchive`);
+   input and output names;
 7. `_check_activations`: int8 calibration data that overflows float32 inside
    the model is refused (TFLite's calibrator aborts the process on it);
 8. `_convert`: `TFLiteConverter.from_saved_model` with builtin ops only;
@@ -444,8 +444,13 @@ def static_float32_model(model, inputs):
 
 
 def _save(export_model, inputs, folder):
-    """Writes a SavedModel with one `serving_default` endpoint; returns the output record."""
-    import keras
+    """Writes a SavedModel with one `serving_default` signature.
+
+    Returns the output record (`structure`, `names`) and the concrete function.
+    The SavedModel holds the function and the model's variables only: saving
+    the Keras model object itself (as `keras.export.ExportArchive` does) also
+    serializes every layer and took 5x longer on a MobileNetV2 at 224x224.
+    """
     import tensorflow as tf
 
     specs = [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs]
@@ -457,11 +462,12 @@ def _save(export_model, inputs, folder):
         record.update(structure=structure, names=names)
         return dict(zip(names, flat))
 
-    archive = keras.export.ExportArchive()
-    archive.track(export_model)
-    function = archive.add_endpoint(SIGNATURE_KEY, serve, input_signature=specs)
-    archive.write_out(folder, verbose=False)
-    return record, function.get_concrete_function()
+    function = tf.function(serve, input_signature=specs).get_concrete_function()
+    module = tf.Module()
+    # The backend (tf.Variable) objects the function captured: saved with it, frozen by the converter.
+    module.model_variables = [v.value for v in export_model.variables]
+    tf.saved_model.save(module, folder, signatures={SIGNATURE_KEY: function})
+    return record, function
 
 
 def _has_fake_quant(function):
