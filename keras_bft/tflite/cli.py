@@ -196,6 +196,17 @@ def _convert_checks(args):
         raise ValueError(f"--io-type int8 needs --quantize int8. Received: --quantize {args.quantize}")
 
 
+def _print_lowering(report):
+    if not isinstance(report, list):  # a report object with its own summary
+        print(report)
+        return
+    for decision in report:  # one rewrite.Decision per ButterflyFusion
+        print(
+            f"{decision.layer}: {decision.kind} radices={list(decision.radices)} "
+            f"(predicted {decision.predicted_us:.0f} us vs {decision.original_us:.0f} us as trained)"
+        )
+
+
 def run_convert(args):
     try:
         _convert_checks(args)
@@ -236,11 +247,7 @@ def run_convert(args):
             num_calibration_samples=args.samples,
             verbose=1,
         )
-        for decision in result.report:
-            print(
-                f"{decision.layer}: {decision.kind} radices={list(decision.radices)} "
-                f"(predicted {decision.predicted_us:.0f} us vs {decision.original_us:.0f} us as trained)"
-            )
+        _print_lowering(result.report)
         if not args.no_verify:
             print("Checking the .tflite model against Keras in LiteRT", flush=True)
             if data is not None:
