@@ -31,6 +31,7 @@ CHANNELS = 512
 
 
 def _convert(model, quantization):
+    """A `ConversionResult` (benchmark takes it as it takes bytes)."""
     data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
     # int8 I/O: no QUANTIZE/DEQUANTIZE around the measured op.
     io_type = "int8" if quantization == "int8" else "float32"

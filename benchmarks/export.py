@@ -171,9 +171,8 @@ def run_pair(pair, threads, runs, rounds, log, extra=()):
         synthetic.randomize_batchnorm(model)
         data = np.random.default_rng(0).uniform(-1, 1, (8, *model.input_shape[1:])).astype("float32")
         start = time.time()
-        blob, report = tflite.convert(
-            model, "int8", representative_data=data, return_report=True, **opts
-        )
+        result = tflite.convert(model, "int8", representative_data=data, **opts)
+        blob, report = result.tflite_bytes, result.report
         if report.decisions:
             log(str(report))
         kinds = {}

@@ -69,7 +69,7 @@ def _litert_runner(model, x, threads, export):
     if export:
         from keras_bft import tflite
 
-        content = tflite.convert(model, "float32", batch_size=x.shape[0])
+        content = tflite.convert(model, "float32", batch_size=x.shape[0]).tflite_bytes
     else:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

@@ -27,6 +27,7 @@ def _models(name):
 
 
 def _int8(model):
+    """A `ConversionResult` (benchmark takes it as it takes bytes)."""
     data = np.random.default_rng(0).uniform(-1, 1, (4, *model.input_shape[1:])).astype("float32")
     return tflite.convert(model, "int8", representative_data=data, optimize=False, io_type="int8")
 

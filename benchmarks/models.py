@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -81,8 +80,13 @@ def _check_args(args):
             raise ValueError(f"--fusions must be butterfly and/or pointwise. Received: {fusion!r}")
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1. Received: {args.rounds}")
-    if args.output and os.path.exists(args.output) and not args.overwrite:
-        raise ValueError(f"--output exists (pass --overwrite to replace it). Received: {args.output!r}")
+    if args.output:
+        from keras_bft.tflite.convert import check_output_path
+
+        try:
+            check_output_path(args.output, args.overwrite, "--output")
+        except FileExistsError as error:
+            raise ValueError(f"{error} (--overwrite here)") from None
 
 
 def _configs(args):
@@ -108,7 +112,7 @@ def _to_litert(model, converter):
     if converter == "keras_bft":
         from keras_bft import tflite
 
-        return tflite.convert(model, quantization="float32")
+        return tflite.convert(model, quantization="float32").tflite_bytes
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
@@ -229,16 +233,6 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def _write_atomic(path, text, overwrite):
-    if os.path.exists(path) and not overwrite:
-        raise ValueError(f"--output exists (pass --overwrite to replace it). Received: {path!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -264,7 +258,9 @@ def main(argv=None):
             f"- LiteRT fp32 via {'keras_bft.tflite.convert' if args.converter == 'keras_bft' else 'TFLiteConverter.from_keras_model'}; "
             f"batch 1, medians of {args.rounds} interleaved calls; wall time {time.time() - start:.0f} s\n\n"
         )
-        _write_atomic(args.output, header + table + "\n", args.overwrite)
+        from keras_bft.tflite.convert import write_atomic
+
+        write_atomic((header + table + "\n").encode(), args.output, args.overwrite, "--output")
     return 0
 
 

@@ -123,7 +123,7 @@ def run(fusion, data, args, log):
     ptq = tflite.convert(
         model, "int8", representative_data=calibration,
         num_calibration_samples=args.calibration_samples, batch_size=args.eval_batch,
-    )
+    ).tflite_bytes
     ptq_acc = tflite_accuracy(ptq, x_test, y_test, args.eval_batch)
     log(f"{fusion}: PTQ int8 {ptq_acc:.4f} ({time.perf_counter() - t0:.0f} s)")
 
@@ -138,7 +138,7 @@ def run(fusion, data, args, log):
     qat.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.qat_epochs, verbose=args.verbose)
     qat_time = time.perf_counter() - t0
     fake_quant_acc = qat.evaluate(x_test, y_test, batch_size=500, verbose=0)[1]
-    blob = tflite.convert(qat, "int8", batch_size=args.eval_batch)  # no representative data
+    blob = tflite.convert(qat, "int8", batch_size=args.eval_batch).tflite_bytes  # no representative data
     qat_acc = tflite_accuracy(blob, x_test, y_test, args.eval_batch)
     log(f"{fusion}: QAT fake-quant {fake_quant_acc:.4f}, QAT int8 {qat_acc:.4f} ({qat_time:.0f} s)")
     return {

@@ -36,11 +36,13 @@ def _pair(family, width, size, objective):
     )
     synthetic.randomize_batchnorm(model)
     data = np.random.default_rng(0).uniform(-1, 1, (16, size, size, 3)).astype("float32")
-    ptq, ptq_report = tflite.convert(
-        model, "int8", representative_data=data, return_report=True, objective=objective
+    converted = tflite.convert(
+        model, "int8", representative_data=data, objective=objective
     )
+    ptq, ptq_report = converted.tflite_bytes, converted.report
     qat_model = quantization.quantize_model(model, calibration_data=data, objective=objective)
-    qat, qat_report = tflite.convert(qat_model, "int8", return_report=True)
+    converted = tflite.convert(qat_model, "int8")
+    qat, qat_report = converted.tflite_bytes, converted.report
     same = len(ptq_report) == len(qat_report) and all(a.same_form(b) for a, b in zip(ptq_report, qat_report))
     forms = {}
     for d in ptq_report:

@@ -21,7 +21,7 @@ import os
 import keras
 import numpy as np
 
-import keras_bft  # noqa: F401  (registers ButterflyFusion for load_model)
+import keras_bft.layers  # noqa: F401  (registers ButterflyFusion for load_model)
 from keras_bft import applications
 from keras_bft import tflite
 from keras_bft.demo import data as data_lib
@@ -51,15 +51,15 @@ def main(argv=None):
     x = data_lib.prepare_images(dataset.x_train[:args.calibration_images], size,
                                 channels if channels != 1 else None)
 
-    tflite_model = tflite.convert(
+    result = tflite.convert(
         model, quantization=args.quantization,
         representative_data=x if args.quantization == "int8" else None,
         output_path=args.output, overwrite=args.force,
     )
-    print(f"Wrote {args.output}: {len(tflite_model) / 1024:.0f} KiB ({args.quantization})")
+    print(f"Wrote {result.path}: {result.size_bytes / 1024:.0f} KiB ({args.quantization}); "
+          f"signature inputs {result.input_names}, outputs {result.output_names}")
 
-    report = tflite.verify(tflite_model, model, x[:args.verify_images], quantization=args.quantization,
-                           on_failure="warn")
+    report = tflite.verify(result, model, x[:args.verify_images], on_failure="warn")
     print(f"LiteRT vs Keras: {report}")
 
     rows = tflite.benchmark([os.path.abspath(args.output)], threads=(1, 2), num_runs=args.benchmark_runs,

@@ -92,22 +92,184 @@ BUILDER_CASES = []
 
 # ------------------------------------------------------------------ convert (keras_bft.tflite.convert)
 
-CONVERT_CASES = []
+
+def _convert(ctx, **kwargs):
+    from keras_bft import tflite
+
+    return tflite.convert(ctx.model, **kwargs)
+
+
+def _calibration(ctx, value, count=4, dtype="float32"):
+    """`count` calibration samples of the fixture model's shape, all `value`."""
+    return np.full((count, 6, 6, 16), value, dtype=dtype)
+
+
+def _in_folder(files, call):
+    """Runs `call(folder)` on a temporary folder holding `files` ({name: bytes}), outside ctx.out."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(content)
+        return call(folder)
+
+
+def _image_model():
+    inputs = keras.Input((8, 8, 3))
+    return keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))
+
+
+def _two_input_model():
+    image, extra = keras.Input((6, 6, 16), name="image"), keras.Input((3,), name="extra")
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(image), extra])
+    return keras.Model([image, extra], keras.layers.Dense(2)(x))
+
+
+CONVERT_CASES = [
+    Case("convert-calibration-nan", lambda ctx: _convert(ctx, quantization="int8", representative_data=_calibration(ctx, np.nan)),
+         ValueError, ("representative_data", "NaN", "array of shape (4, 6, 6, 16)")),
+    Case("convert-calibration-inf", lambda ctx: _convert(ctx, quantization="int8", representative_data=_calibration(ctx, np.inf)),
+         ValueError, ("representative_data", "inf", "array of shape (4, 6, 6, 16)")),
+    Case("convert-calibration-1e39-overflows-float32", lambda ctx: _convert(ctx, quantization="int8", representative_data=_calibration(ctx, 1e39, dtype="float64")),
+         ValueError, ("representative_data", "non-finite", "dtype float64")),
+    Case("convert-calibration-wrong-shape", lambda ctx: _convert(ctx, quantization="int8", representative_data=np.zeros((4, 5, 5, 16), "float32")),
+         ValueError, ("representative_data", "(5, 5, 16)", "(6, 6, 16)")),
+    Case("convert-calibration-wrong-rank", lambda ctx: _convert(ctx, quantization="int8", representative_data=np.zeros((4, 16), "float32")),
+         ValueError, ("representative_data", "(4, 16)")),
+    Case("convert-calibration-no-samples", lambda ctx: _convert(ctx, quantization="int8", representative_data=np.zeros((0, 6, 6, 16), "float32")),
+         ValueError, ("representative_data", "no samples", "(0, 6, 6, 16)")),
+    Case("convert-calibration-strings", lambda ctx: _convert(ctx, quantization="int8", representative_data=np.full((2, 6, 6, 16), "a")),
+         ValueError, ("representative_data", "<U1")),
+    Case("convert-calibration-missing-folder", lambda ctx: _convert(ctx, quantization="int8", representative_data=os.path.join(ctx.out, "missing")),
+         ValueError, ("representative_data", "missing")),
+    Case("convert-calibration-folder-without-images", lambda ctx: _in_folder({"notes.txt": b"x"}, lambda d: _convert(ctx, quantization="int8", representative_data=d)),
+         ValueError, ("representative_data", "without images")),
+    Case("convert-calibration-corrupt-image", lambda ctx: _in_folder({"broken.png": b"not a png"}, lambda d: keras_bft_tflite().convert(_image_model(), "int8", representative_data=d)),
+         ValueError, ("representative_data", "broken.png")),
+    Case("convert-calibration-npy-of-objects", lambda ctx: _in_folder({}, lambda d: (np.save(os.path.join(d, "objects.npy"), np.array([{"a": 1}], dtype=object)), _convert(ctx, quantization="int8", representative_data=os.path.join(d, "objects.npy")))),
+         ValueError, ("representative_data", "objects.npy")),
+    Case("convert-calibration-not-npy", lambda ctx: _convert(ctx, quantization="int8", representative_data=ctx.model_path),
+         ValueError, ("representative_data", "m.keras")),
+    Case("convert-calibration-wrong-array-count", lambda ctx: keras_bft_tflite().convert(_two_input_model(), "int8", representative_data=[np.zeros((2, 6, 6, 16), "float32")]),
+         ValueError, ("representative_data", "['image', 'extra']", "1 array")),
+    Case("convert-calibration-dict-wrong-keys", lambda ctx: keras_bft_tflite().convert(_two_input_model(), "int8", representative_data={"image": np.zeros((2, 6, 6, 16)), "other": np.zeros((2, 3))}),
+         ValueError, ("representative_data", "'other'")),
+    Case("convert-int8-without-calibration", lambda ctx: _convert(ctx, quantization="int8"),
+         ValueError, ("representative_data", "None")),
+    Case("convert-output-path-empty", lambda ctx: _convert(ctx, output_path=""), ValueError, ("output_path", "''")),
+    Case("convert-output-path-is-a-folder", lambda ctx: _convert(ctx, output_path=ctx.out), ValueError, ("output_path", "folder")),
+    Case("convert-output-folder-missing", lambda ctx: _convert(ctx, output_path=os.path.join(ctx.out, "missing", "m.tflite")),
+         ValueError, ("output_path", "missing", "does not exist")),
+    Case("convert-output-folder-read-only", lambda ctx: _convert(ctx, output_path="/proc/m.tflite"), ValueError, ("output_path", "/proc/m.tflite")),
+    Case("convert-quantization-unknown", lambda ctx: _convert(ctx, quantization="int4"), ValueError, ("quantization", "'int4'")),
+    Case("convert-io-type-without-int8", lambda ctx: _convert(ctx, io_type="int8"), ValueError, ("io_type", "'int8'", "quantization='float32'")),
+    Case("convert-batch-size-zero", lambda ctx: _convert(ctx, batch_size=0), ValueError, ("batch_size", "0")),
+    Case("convert-input-shape-zero-dim", lambda ctx: _convert(ctx, input_shape=(6, 0, 16)), ValueError, ("input_shape", "(6, 0, 16)")),
+    Case("convert-input-shape-conflicts", lambda ctx: _convert(ctx, input_shape=(7, 7, 16)), ValueError, ("input_shape", "(7, 7, 16)", "(6, 6, 16)")),
+    Case("convert-input-shape-text", lambda ctx: _convert(ctx, input_shape="abc"), ValueError, ("input_shape", "'abc'")),
+    Case("convert-preprocess-unknown", lambda ctx: _convert(ctx, quantization="int8", representative_data=ctx.calib_path, preprocess="scale:1"),
+         ValueError, ("preprocess", "'scale:1'")),
+    Case("convert-calibration-samples-zero", lambda ctx: _convert(ctx, quantization="int8", representative_data=ctx.calib_path, num_calibration_samples=0),
+         ValueError, ("num_calibration_samples", "0")),
+    Case("convert-float-ops-a-string", lambda ctx: _convert(ctx, float_ops="SOFTMAX"), ValueError, ("float_ops", "'SOFTMAX'")),
+    Case("convert-model-not-a-model", lambda ctx: keras_bft_tflite().convert("m.keras"), ValueError, ("model", "'m.keras'")),
+]
+
+
+def keras_bft_tflite():
+    from keras_bft import tflite
+
+    return tflite
 
 # ------------------------------------------------------------------ verify / predict
 
-VERIFY_CASES = []
 
-PREDICT_CASES = []
+def _samples(count=2, shape=(6, 6, 16)):
+    return np.random.default_rng(0).uniform(-1, 1, (count, *shape)).astype("float32")
+
+
+VERIFY_CASES = [
+    Case("verify-samples-wrong-shape", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(2, (5, 5, 16))),
+         ValueError, ("sample_inputs", "(1, 5, 5, 16)", "(1, 6, 6, 16)")),
+    Case("verify-no-samples", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, []), ValueError, ("sample_inputs", "list of 0 items")),
+    Case("verify-on-failure-unknown", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(), on_failure="loud"),
+         ValueError, ("on_failure", "'loud'")),
+    Case("verify-quantization-unknown", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(), quantization="int4"),
+         ValueError, ("quantization", "'int4'")),
+    Case("verify-not-a-tflite-file", lambda ctx: keras_bft_tflite().verify(ctx.calib_path, ctx.model, _samples()),
+         ValueError, ("tflite_model", "calib.npy", "TFL3")),
+    Case("verify-classifier-outputs-unknown", lambda ctx: keras_bft_tflite().verify(ctx.tflite_path, ctx.model, _samples(), classifier_outputs=["nope"]),
+         ValueError, ("classifier_outputs", "'nope'")),
+]
+
+PREDICT_CASES = [
+    Case("predict-empty-bytes", lambda ctx: keras_bft_tflite().predict(b"", _samples()), ValueError, ("tflite_model", "0 bytes", "empty")),
+    Case("predict-truncated-bytes", lambda ctx: keras_bft_tflite().predict(open(ctx.tflite_path, "rb").read()[:200], _samples()),
+         ValueError, ("tflite_model", "200 bytes", "truncated")),
+    Case("predict-text-file", lambda ctx: keras_bft_tflite().predict(ctx.model_path, _samples()), ValueError, ("tflite_model", "m.keras")),
+    Case("predict-missing-file", lambda ctx: keras_bft_tflite().predict(os.path.join(ctx.out, "missing.tflite"), _samples()),
+         ValueError, ("tflite_model", "missing.tflite")),
+    Case("predict-not-a-model", lambda ctx: keras_bft_tflite().predict(42, _samples()), TypeError, ("tflite_model", "42")),
+    Case("predict-two-arrays-for-one-input", lambda ctx: keras_bft_tflite().predict(ctx.tflite_path, [[_samples(1), _samples(1)]]),
+         ValueError, ("sample_inputs", "2 array(s)", "['image']")),
+    Case("predict-dict-wrong-keys", lambda ctx: keras_bft_tflite().predict(ctx.tflite_path, {"wrong": _samples()}),
+         ValueError, ("sample_inputs", "'wrong'", "['image']")),
+    Case("predict-not-numeric", lambda ctx: keras_bft_tflite().predict(ctx.tflite_path, [np.full((1, 6, 6, 16), "x")]),
+         ValueError, ("sample_inputs", "not numeric")),
+    Case("predict-a-string", lambda ctx: keras_bft_tflite().predict(ctx.tflite_path, "samples.npy"), ValueError, ("sample_inputs", "'samples.npy'")),
+]
 
 # ------------------------------------------------------------------ benchmark (keras_bft.tflite.benchmark)
 
-BENCHMARK_CASES = []
+BENCHMARK_CASES = [
+    Case("benchmark-threads-a-string", lambda ctx: keras_bft_tflite().benchmark(ctx.tflite_path, threads="12"), ValueError, ("threads", "'12'")),
+    Case("benchmark-threads-zero", lambda ctx: keras_bft_tflite().benchmark(ctx.tflite_path, threads=0), ValueError, ("threads", "(0,)")),
+    Case("benchmark-runs-zero", lambda ctx: keras_bft_tflite().benchmark(ctx.tflite_path, num_runs=0), ValueError, ("num_runs", "0")),
+    Case("benchmark-warmup-negative", lambda ctx: keras_bft_tflite().benchmark(ctx.tflite_path, warmup_runs=-1), ValueError, ("warmup_runs", "-1")),
+    Case("benchmark-not-a-tflite-file", lambda ctx: keras_bft_tflite().benchmark([ctx.tflite_path, ctx.calib_path]), ValueError, ("models[1]", "calib.npy")),
+    Case("benchmark-truncated-bytes", lambda ctx: keras_bft_tflite().benchmark(open(ctx.tflite_path, "rb").read()[:-300]),
+         ValueError, ("models[0]", "truncated")),
+    Case("benchmark-missing-file", lambda ctx: keras_bft_tflite().benchmark(os.path.join(ctx.out, "missing.tflite")), ValueError, ("models[0]", "missing.tflite")),
+    Case("benchmark-no-models", lambda ctx: keras_bft_tflite().benchmark([]), ValueError, ("models", "[]")),
+    Case("benchmark-names-count", lambda ctx: keras_bft_tflite().benchmark(ctx.tflite_path, names=["a", "b"]), ValueError, ("names", "['a', 'b']")),
+]
 
 # ------------------------------------------------------------------ command line (`keras-bft ...`)
 
 CLI_CASES = [
     Case("convert-missing-model", ["convert", "{out}/missing.keras", "-o", "{out}/m.tflite"], CLI, ("missing.keras",)),
+    Case("convert-output-empty", ["convert", "{model}", "-o", ""], CLI, ("-o/--output", "''")),
+    Case("convert-output-is-a-folder", ["convert", "{model}", "-o", "{out}"], CLI, ("-o/--output", "folder")),
+    Case("convert-output-folder-missing", ["convert", "{model}", "-o", "{out}/missing/m.tflite"], CLI, ("-o/--output", "missing", "does not exist")),
+    Case("convert-output-is-the-model", ["convert", "{model}", "-o", "{model}", "--force"], CLI, ("-o/--output", "m.keras")),
+    Case("convert-samples-zero", ["convert", "{model}", "-o", "{out}/m.tflite", "--samples", "0"], CLI, ("--samples", "'0'")),
+    Case("convert-input-shape-text", ["convert", "{model}", "-o", "{out}/m.tflite", "--input-shape", "abc"], CLI, ("--input-shape", "'abc'")),
+    Case("convert-input-shape-conflicts", ["convert", "{model}", "-o", "{out}/m.tflite", "--input-shape", "7,7,16"], CLI, ("--input-shape", "(7, 7, 16)")),
+    Case("convert-preprocess-unknown", ["convert", "{model}", "-o", "{out}/m.tflite", "--preprocess", "scale:x"], CLI, ("--preprocess", "'scale:x'")),
+    Case("convert-int8-without-calibration", ["convert", "{model}", "-o", "{out}/m.tflite", "--quantize", "int8"], CLI, ("--calibration", "--quantize int8")),
+    Case("convert-calibration-missing", ["convert", "{model}", "-o", "{out}/m.tflite", "--quantize", "int8", "--calibration", "{out}/missing"],
+         CLI, ("--calibration", "missing")),
+    Case("convert-calibration-not-data", ["convert", "{model}", "-o", "{out}/m.tflite", "--quantize", "int8", "--calibration", "{tflite}"],
+         CLI, ("--calibration", "m.tflite")),
+    Case("convert-calibration-without-int8", ["convert", "{model}", "-o", "{out}/m.tflite", "--calibration", "{calib}"], CLI, ("--calibration", "calib.npy", "--quantize")),
+    Case("convert-io-type-without-int8", ["convert", "{model}", "-o", "{out}/m.tflite", "--io-type", "int8"], CLI, ("--io-type int8", "--quantize float32")),
+    Case("convert-preprocess-overflows-to-inf", ["convert", "{model}", "-o", "{out}/m.tflite", "--quantize", "int8", "--calibration", "{calib}", "--samples", "2", "--input-shape", "6,6,16", "--preprocess", "scale:1e39,0"],
+         CLI, ("--calibration", "calib.npy", "non-finite")),
+    Case("benchmark-threads-zero", ["benchmark", "{tflite}", "--threads", "0"], CLI, ("--threads", "'0'")),
+    Case("benchmark-threads-text", ["benchmark", "{tflite}", "--threads", "1,two"], CLI, ("--threads", "'1,two'")),
+    Case("benchmark-runs-zero", ["benchmark", "{tflite}", "--runs", "0"], CLI, ("--runs", "'0'")),
+    Case("benchmark-warmup-negative", ["benchmark", "{tflite}", "--warmup", "-1"], CLI, ("--warmup", "'-1'")),
+    Case("benchmark-rounds-text", ["benchmark", "{tflite}", "--rounds", "many"], CLI, ("--rounds", "'many'")),
+    Case("benchmark-not-a-tflite-file", ["benchmark", "{calib}"], CLI, ("calib.npy", "TFL3")),
+    Case("benchmark-keras-file", ["benchmark", "{tflite}", "{model}"], CLI, ("m.keras", "TFL3")),
+    Case("benchmark-missing-file", ["benchmark", "{out}/missing.tflite"], CLI, ("missing.tflite",)),
+    Case("benchmark-json-and-markdown-same-file", ["benchmark", "{tflite}", "--json", "{out}/r.txt", "--markdown", "{out}/r.txt"],
+         CLI, ("--json", "--markdown", "r.txt")),
+    Case("benchmark-json-is-a-folder", ["benchmark", "{tflite}", "--json", "{out}"], CLI, ("--json", "folder")),
+    Case("benchmark-markdown-empty", ["benchmark", "{tflite}", "--markdown", ""], CLI, ("--markdown", "''")),
+    Case("benchmark-markdown-folder-missing", ["benchmark", "{tflite}", "--markdown", "{out}/missing/r.md"], CLI, ("--markdown", "missing")),
+    Case("benchmark-json-is-a-model", ["benchmark", "{tflite}", "--json", "{tflite}", "--force"], CLI, ("--json", "m.tflite")),
 ]
 
 # ------------------------------------------------------------------ demo data (keras_bft.demo.data, `keras-bft demo`)

@@ -81,11 +81,13 @@ def test_ptq_and_qat_exports_have_the_same_forms(family, width, size, objective)
     )
     synthetic.randomize_batchnorm(model)
     data = _data(model)
-    ptq, ptq_report = tflite.convert(
-        model, "int8", representative_data=data, return_report=True, objective=objective
+    converted = tflite.convert(
+        model, "int8", representative_data=data, objective=objective
     )
+    ptq, ptq_report = converted.tflite_bytes, converted.report
     qat_model = quantization.quantize_model(model, calibration_data=data, objective=objective)
-    qat, qat_report = tflite.convert(qat_model, "int8", return_report=True)
+    converted = tflite.convert(qat_model, "int8")
+    qat, qat_report = converted.tflite_bytes, converted.report
 
     butterflies = {layer.name: layer for layer in model.layers if isinstance(layer, ButterflyFusion)}
     assert sorted(d.layer for d in ptq_report) == sorted(butterflies)
@@ -167,7 +169,8 @@ def test_subclassed_model_is_exported_as_trained_with_a_message():
     data = np.random.default_rng(0).uniform(-1, 1, (4, 6, 6, 32)).astype("float32")
     model(data)
     with pytest.warns(UserWarning, match="functional model"):
-        blob, report = tflite.convert(model, input_shape=(6, 6, 32), return_report=True)
+        converted = tflite.convert(model, input_shape=(6, 6, 32))
+        blob, report = converted.tflite_bytes, converted.report
     assert not report.decisions
     assert "SubclassedNet" in report.notes[0] and "exported as trained" in report.notes[0]
     got = tflite.predict(blob, data[:2])
@@ -215,9 +218,10 @@ def test_size_objective_makes_a_smaller_file_than_latency():
     data = _data(model)
     sizes, reports = {}, {}
     for objective in ("latency", "size"):
-        blob, reports[objective] = tflite.convert(
-            model, "int8", representative_data=data, return_report=True, objective=objective
+        converted = tflite.convert(
+            model, "int8", representative_data=data, objective=objective
         )
+        blob, reports[objective] = converted.tflite_bytes, converted.report
         sizes[objective] = len(blob)
     predicted = {o: sum(d.bytes - d.keras_bytes for d in r) for o, r in reports.items()}
     # The byte model predicts the difference between the two files (weights + per-channel metadata).
@@ -235,7 +239,7 @@ def test_storage_bytes_are_what_the_converter_writes():
     dense = keras.Model(x, keras.layers.Conv2D(64, 1)(x))
     data = _data(staged)
     for model in (staged, dense):
-        blob = tflite.convert(model, "int8", representative_data=data, optimize=False)
+        blob = tflite.convert(model, "int8", representative_data=data, optimize=False).tflite_bytes
         for name, inputs, flatbuffer in _ops(blob):
             if name != "CONV_2D":
                 continue

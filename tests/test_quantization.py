@@ -591,7 +591,7 @@ def test_keras_bft_tflite_convert_without_representative_data(trained):
     _, qat, _ = trained
     x, _ = _data(8, seed=11)
     for io_type in ("float32", "int8"):
-        blob = tflite.convert(qat, "int8", io_type=io_type)
+        blob = tflite.convert(qat, "int8", io_type=io_type).tflite_bytes
         interpreter = Interpreter(model_content=blob)
         types = {d["dtype"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
         assert types == {np.float32 if io_type == "float32" else np.int8}

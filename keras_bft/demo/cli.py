@@ -3,9 +3,6 @@
 import os
 import sys
 
-from keras_bft.demo import data as data_lib
-from keras_bft.demo import pipeline
-
 _DESCRIPTION = """\
 Trains a Butterfly Transform (BFT) MobileNetV2 and its pointwise twin (the cheapest
 plain MobileNetV2 with at least as many MACs) on Fashion-MNIST at 32x32, quantizes
@@ -64,6 +61,10 @@ def _widths(text):
 
 def run(args):
     """Runs the demo for parsed arguments; returns the exit code."""
+    # Here, not at the top: `keras-bft --help` must not load TensorFlow.
+    from keras_bft.demo import data as data_lib
+    from keras_bft.demo import pipeline
+
     overrides = {}
     if args.epochs is not None:
         if args.epochs < 1:

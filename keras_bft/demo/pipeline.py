@@ -156,7 +156,7 @@ def _accuracy(logits, labels):
 
 def _litert_accuracy(tflite_model, x, labels):
     """Accuracy of a .tflite model run in LiteRT on each image (batch 1, as exported)."""
-    return _accuracy(np.concatenate([out[0] for out in tflite.predict(tflite_model, x)]), labels)
+    return _accuracy(np.concatenate(tflite.predict(tflite_model, x)), labels)  # one (1, classes) array a sample
 
 
 # ---------------------------------------------------------------------------
@@ -340,10 +340,10 @@ class Demo:
         objectives = OBJECTIVES if result.fusion == "butterfly" else OBJECTIVES[:1]
         paths, result.lowering = {}, {}
         for objective in objectives:
-            int8, lowering = tflite.convert(
-                model, quantization="int8", representative_data=calib, return_report=True,
-                objective=objective,
+            converted = tflite.convert(
+                model, quantization="int8", representative_data=calib, objective=objective
             )
+            int8, lowering = converted.tflite_bytes, converted.report
             suffix = "-int8.tflite" if objective == OBJECTIVES[0] else f"-int8-{objective}.tflite"
             path = os.path.join(self.tmp_dir, "models", result.name + suffix)
             with open(path, "wb") as f:
@@ -380,7 +380,7 @@ class Demo:
         )
         qmodel.fit(self.x_train, self.y_train, batch_size=s.batch_size, epochs=s.qat_epochs,
                    shuffle=True, verbose=1 if self._interactive else 2)
-        int8 = tflite.convert(qmodel, quantization="int8")
+        int8 = tflite.convert(qmodel, quantization="int8").tflite_bytes
         path = os.path.join(self.tmp_dir, "models", result.name + "-qat-int8.tflite")
         with open(path, "wb") as f:
             f.write(int8)

@@ -406,8 +406,8 @@ def quantize_model(
         objective: the export objective the butterflies' forms are chosen
             for (`"latency"`, `"size"`, `"balanced"`, as in `convert`), or
             None to keep every butterfly in its trained form.
-        lowering: optional `LoweringReport` (e.g. from `convert(...,
-            return_report=True)` or `keras_bft.tflite.plan_lowering`) whose
+        lowering: optional `LoweringReport` (e.g. `convert(...).report` or
+            `keras_bft.tflite.plan_lowering`) whose
             forms to use instead of choosing them here.
 
     Returns:
