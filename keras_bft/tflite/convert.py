@@ -266,19 +266,19 @@ def convert(
     dtypes = _input_dtypes(model, len(shapes))
     decisions = []
     export_model = model
+    dataset = None
+    if quantization == "int8" and representative_data is not None:
+        dataset = calibration.representative_dataset(
+            representative_data, shapes, dtypes, num_calibration_samples, preprocess
+        )
     if optimize:
         export_model, decisions = rewrite.prepare_for_export(
-            model, quantization, shapes, cost_model=cost_model
+            model, quantization, shapes, cost_model=cost_model, calibration=dataset
         )
     function = _concrete_function(export_model, shapes, dtypes)
 
-    dataset = None
     if quantization == "int8":
-        if representative_data is not None:
-            dataset = calibration.representative_dataset(
-                representative_data, shapes, dtypes, num_calibration_samples, preprocess
-            )
-        elif not _has_fake_quant(function):
+        if dataset is None and not _has_fake_quant(function):
             raise ValueError(
                 "quantization='int8' needs `representative_data` (calibration samples: arrays, a "
                 "tf.data.Dataset or an image folder) unless the model is quantization-aware "

@@ -251,6 +251,12 @@ class ButterflyStages(keras.layers.Layer):
         return config
 
 
+# XNNPACK's int8 ADD needs input scale / output scale >= 2**-10 (xnnpack_delegate.cc). The output range of
+# hard-swish's `x + 3` holds 3, so an `x` whose calibrated values all lie within 3 / 1024 of zero makes XNNPACK
+# reject that ADD (untrained MobileNetV3s: BatchNorm at its initial statistics shrinks activations to ~1e-9).
+HARD_SWISH_LINEAR_BELOW = 3.0 / 1024
+
+
 @keras.saving.register_keras_serializable(package="keras_bft")
 class HardSwishAsProduct(keras.layers.Layer):
     """`(x / 6) * relu6(x + 3)`: hard-swish without the HARD_SWISH op.
@@ -259,10 +265,53 @@ class HardSwishAsProduct(keras.layers.Layer):
     `x * relu6(x + 3) / 6` back into it; scaling `x` first escapes that pattern
     and gives MUL, ADD (fused RELU6), MUL, all delegated in int8 (checked by
     the tests). Same function as `hard_swish`.
+
+    `linear=True` computes `x / 2`, for an input whose calibrated values stay
+    within `HARD_SWISH_LINEAR_BELOW` of zero: there int8 cannot resolve `x`
+    next to 3 (`x + 3` quantizes to 3), and `hard_swish(x) = x / 2 + x**2 / 6`
+    differs from `x / 2` by under 0.13 of the output's int8 step, while
+    XNNPACK would reject the ADD. Only for int8 export.
     """
 
+    def __init__(self, linear=False, **kwargs):
+        super().__init__(**kwargs)
+        self.linear = bool(linear)
+
     def call(self, inputs):
+        if self.linear:
+            return inputs * 0.5
         return (inputs * (1.0 / 6.0)) * ops.relu6(inputs + 3.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config["linear"] = self.linear
+        return config
+
+
+def small_range_hard_swish(model, calibration):
+    """The hard-swish layers of `model` whose inputs stay within `HARD_SWISH_LINEAR_BELOW` of 0 on `calibration`.
+
+    Args:
+        model: a functional Keras model (its top-level layers are probed).
+        calibration: a callable returning a generator of samples, each a list
+            of arrays with batch 1 (a converter's `representative_dataset`).
+
+    Returns:
+        A set of layer ids (`id(layer)`).
+    """
+    layers = [layer for layer in model.layers if _is_hard_swish(layer)]
+    if not layers:
+        return set()
+    try:
+        probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    except (AttributeError, ValueError):  # no functional graph (subclassed): keep the exact form
+        return set()
+    peaks = np.zeros(len(layers))
+    for sample in calibration():
+        outputs = probe(sample[0] if len(sample) == 1 else list(sample), training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        peaks = np.maximum(peaks, [np.max(np.abs(ops.convert_to_numpy(o))) for o in outputs])
+    return {id(layer) for layer, peak in zip(layers, peaks) if peak < HARD_SWISH_LINEAR_BELOW}
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")
@@ -387,7 +436,7 @@ def staged_export_layer(layer, merge_stages, lowering="grouped_conv"):
     return new
 
 
-def prepare_for_export(model, quantization, shapes, cost_model=None):
+def prepare_for_export(model, quantization, shapes, cost_model=None, calibration=None):
     """A clone of `model` with every ButterflyFusion in its chosen lowering (weights copied).
 
     Args:
@@ -396,6 +445,9 @@ def prepare_for_export(model, quantization, shapes, cost_model=None):
             and rewrites hard-swish).
         shapes: the static input shapes of the export (batch first).
         cost_model: optional `CostModel`.
+        calibration: for int8, the converter's `representative_dataset`; the
+            hard-swish layers whose inputs it keeps near zero get the linear
+            int8 form (see `HardSwishAsProduct`).
 
     Returns:
         `(model, decisions)`: the clone (or `model` itself when nothing
@@ -403,6 +455,9 @@ def prepare_for_export(model, quantization, shapes, cost_model=None):
     """
     decisions = []
     changed = []
+    linear = set()
+    if quantization == "int8" and calibration is not None:
+        linear = small_range_hard_swish(model, calibration)
 
     def clone(layer):
         if isinstance(layer, ButterflyFusion) and layer.plan is not None:
@@ -427,7 +482,7 @@ def prepare_for_export(model, quantization, shapes, cost_model=None):
             return SplitAsBuiltin(axis, first, name=layer.name)
         if quantization == "int8" and _is_hard_swish(layer):
             changed.append(layer.name)
-            return HardSwishAsProduct(name=layer.name)
+            return HardSwishAsProduct(linear=id(layer) in linear, name=layer.name)
         return layer
 
     clone_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
