@@ -29,7 +29,7 @@ FUSIONS = ("butterfly", "pointwise")
 QUANTIZATIONS = ("float32", "int8")
 
 
-def undelegated_ops(tflite_bytes):
+def undelegated_ops(tflite_path):
     """Histogram of the operators LiteRT's interpreter left outside the XNNPACK delegate.
 
     Diagnostic only (the verdict is `tflite.fully_delegated`): no public LiteRT API lists the nodes a delegate
@@ -39,14 +39,10 @@ def undelegated_ops(tflite_bytes):
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.tflite")
-        with open(path, "wb") as f:
-            f.write(tflite_bytes)
-        interpreter = Interpreter(model_path=path, num_threads=1)
-        interpreter.allocate_tensors()
-        nodes = interpreter._get_ops_details()  # no public equivalent; see the docstring
-        outputs = {d["index"] for d in interpreter.get_output_details()}
+    interpreter = Interpreter(model_path=tflite_path, num_threads=1)
+    interpreter.allocate_tensors()
+    nodes = interpreter._get_ops_details()  # no public equivalent; see the docstring
+    outputs = {d["index"] for d in interpreter.get_output_details()}
     partitions = [n for n in nodes if n["op_name"] == "DELEGATE"]
     delegated_out = {t for n in partitions for t in n["outputs"]}
     consumed = {t for n in partitions for t in n["inputs"]} | outputs
@@ -70,9 +66,11 @@ def check(builder, fusion, size, width, batchnorm, seed=0):
     rows = []
     for quantization in QUANTIZATIONS:
         start = time.perf_counter()
-        blob = tflite.convert(model, quantization, representative_data=data)
-        report = tflite.verify(blob, model, data[:4], quantization, on_failure="warn")
-        outside = {} if report.fully_delegated else undelegated_ops(blob)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.tflite")
+            tflite.convert(model, quantization, representative_data=data, output_path=path)
+            report = tflite.verify(path, model, data[:4], quantization, on_failure="warn")
+            outside = {} if report.fully_delegated else undelegated_ops(path)
         rows.append(
             {
                 "builder": builder,
