@@ -307,8 +307,10 @@ def small_range_hard_swish(model, calibration):
     except (AttributeError, ValueError):  # no functional graph (subclassed): keep the exact form
         return set()
     peaks = np.zeros(len(layers))
-    for sample in calibration():
-        outputs = probe(sample[0] if len(sample) == 1 else list(sample), training=False)
+    samples = list(calibration())
+    for start in range(0, len(samples), 16):  # batches of samples: one probe call each
+        batch = [np.concatenate(arrays) for arrays in zip(*samples[start : start + 16])]
+        outputs = probe(batch[0] if len(batch) == 1 else batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         peaks = np.maximum(peaks, [np.max(np.abs(ops.convert_to_numpy(o))) for o in outputs])
     return {id(layer) for layer, peak in zip(layers, peaks) if peak < HARD_SWISH_LINEAR_BELOW}
