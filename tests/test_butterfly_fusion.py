@@ -246,13 +246,48 @@ def test_mixed_precision(policy):
         ({"filters": 8, "radices": [2, 4], "num_stages": 2}, "not both"),
         ({"filters": 8, "data_format": "NHWC"}, "data_format='NHWC'"),
         ({"filters": 8, "lowering": "fft"}, "lowering='fft'"),
-        ({"filters": 8, "merge_stages": [5]}, r"segments=\(5,\)"),
+        ({"filters": 8, "merge_stages": [5]}, r"merge_stages=\[5\] \(sum 5\)"),
+        ({"filters": 8, "merge_stages": (1.9, 2.2)}, r"merge_stages=\(1.9, 2.2\)"),
+        ({"filters": 8, "radices": "24"}, r"radices='24'"),
+        ({"filters": 8, "radices": [2.5, 4]}, r"radices=\[2.5, 4\]"),
+        ({"filters": 8, "radices": 8}, r"radices=\[8\] for one stage.*Received: radices=8"),
+        ({"filters": 8, "num_stages": 8}, r"at most 4 stages for 8.*num_stages=8"),
+        ({"filters": 8, "num_stages": 30}, r"num_stages=30"),
+        ({"filters": 8, "num_stages": 2.0}, r"num_stages=2.0"),
     ],
 )
 def test_bad_arguments_raise_value_error_echoing_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         layer = ButterflyFusion(**kwargs)
         layer.build((None, 8))
+
+
+def test_numpy_integer_arguments_are_accepted_like_filters():
+    layer = ButterflyFusion(np.int64(8), num_stages=np.int64(2), merge_stages=np.array([2]))
+    layer.build((None, 8))
+    assert layer.plan.num_stages == 2
+    config = layer.get_config()
+    assert type(config["num_stages"]) is int and config["merge_stages"] == [2]
+    assert ButterflyFusion(8, radices=np.array([2, 4])).get_config()["radices"] == [2, 4]
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool"])
+def test_integer_inputs_compute_like_dense(dtype):
+    x = np.random.default_rng(3).integers(0, 5, (4, 3, 8)).astype(dtype)
+    layer = ButterflyFusion(12, radices=[2, 4], bias_initializer="random_normal", use_bias=True)
+    y = layer(x)
+    # Dense casts integer inputs to its compute dtype; so does the layer.
+    assert keras.backend.standardize_dtype(y.dtype) == keras.backend.standardize_dtype(
+        keras.layers.Dense(12)(x).dtype
+    ) == "float32"
+    np.testing.assert_allclose(ops.convert_to_numpy(y), _expected(layer, x.astype(np.float64)), atol=1e-4)
+
+
+def test_integer_inputs_under_mixed_precision_compute_in_the_policy_dtype():
+    x = np.arange(32, dtype="int32").reshape(4, 8) % 3
+    y = ButterflyFusion(8, dtype="mixed_float16")(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert keras.backend.standardize_dtype(keras.layers.Dense(8, dtype="mixed_float16")(x).dtype) == "float16"
 
 
 def test_unknown_channel_dimension():

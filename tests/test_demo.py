@@ -17,8 +17,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "demo"
-    out.mkdir()
+    (out / "models").mkdir(parents=True)
     (out / "stale.txt").write_text("from an earlier run")
+    (out / "models" / "old.tflite").write_bytes(b"an earlier model")
+    pipeline.write_manifest(str(out))  # as an earlier demo leaves it
+    (out / "notes.txt").write_text("the user's, added later")
     code = cli.main(["demo", "--tiny", "--qat-epochs", "1", "--output-dir", str(out), "--force"])
     return code, out
 
@@ -26,7 +29,13 @@ def demo_run(tmp_path_factory):
 def test_demo_end_to_end(demo_run, capsys):
     code, out = demo_run
     assert code == 0
-    assert not (out / "stale.txt").exists()  # --force replaced the folder as a whole
+    # --force replaced what the earlier demo wrote, and only that.
+    assert not (out / "stale.txt").exists() and not (out / "models" / "old.tflite").exists()
+    assert (out / "notes.txt").read_text() == "the user's, added later"
+    assert pipeline.demo_files(str(out)) == {
+        os.path.relpath(os.path.join(root, n), out)
+        for root, _, names in os.walk(out) for n in names
+    } - {pipeline.MANIFEST, "notes.txt"}
     results = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in results["results"]}
     bft, twin = rows["MobileNetV2-BFT-0.5"], rows["MobileNetV2-pointwise-0.35"]
@@ -85,13 +94,81 @@ def test_demo_refuses_non_empty_output(tmp_path, capsys):
     out = tmp_path / "results"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code = cli.main(["demo", "--tiny", "--output-dir", str(out)])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "--force" in err and str(out) in err
-    assert (out / "keep.txt").read_text() == "mine" and os.listdir(out) == ["keep.txt"]
+    for force in ([], ["--force"]):  # a folder the demo did not write: refused even with --force
+        code = cli.main(["demo", "--tiny", "--output-dir", str(out), *force])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "--output-dir" in err and str(out) in err and "did not write" in err and "keep.txt" in err
+        assert (out / "keep.txt").read_text() == "mine" and os.listdir(out) == ["keep.txt"]
     (tmp_path / "afile").write_text("x")
     assert cli.main(["demo", "--tiny", "--output-dir", str(tmp_path / "afile"), "--force"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_earlier_demo_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.md").write_text("old table")
+    pipeline.write_manifest(str(out))
+    assert cli.main(["demo", "--tiny", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "earlier demo" in err and "--force" in err and str(out) in err
+    assert sorted(os.listdir(out)) == sorted([pipeline.MANIFEST, "results.md"])
+
+
+def _folder(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def _tree(root):
+    return {
+        os.path.relpath(os.path.join(r, n), root): open(os.path.join(r, n)).read()
+        for r, _, names in os.walk(root) for n in names
+    }
+
+
+def test_publish_replaces_only_what_the_demo_wrote(tmp_path):
+    new = {"results.md": "new", "models/a.tflite": "new model"}
+    # Missing folder: a rename.
+    tmp = _folder(tmp_path / "tmp1", new)
+    pipeline.write_manifest(str(tmp))
+    assert pipeline.publish(str(tmp), str(tmp_path / "fresh")) == str(tmp_path / "fresh")
+    assert not tmp.exists() and _tree(tmp_path / "fresh")["models/a.tflite"] == "new model"
+    # An earlier demo's folder with a file of the user's: old results replaced, the user's file kept.
+    out = _folder(tmp_path / "out", {"results.md": "old", "models/b.tflite": "old model"})
+    pipeline.write_manifest(str(out))
+    _folder(out, {"mine.txt": "user"})
+    tmp = _folder(tmp_path / "tmp2", new)
+    pipeline.write_manifest(str(tmp))
+    assert pipeline.publish(str(tmp), str(out)) == str(out)
+    tree = _tree(out)
+    assert {k: v for k, v in tree.items() if k != pipeline.MANIFEST} == {**new, "mine.txt": "user"}
+    assert pipeline.demo_files(str(out)) == set(new)
+
+
+@pytest.mark.parametrize("case", ["manifest-escapes", "clash", "no-manifest"])
+def test_publish_never_touches_files_it_did_not_write(tmp_path, case):
+    outside = _folder(tmp_path / "outside", {"precious.txt": "keep"})
+    out = _folder(tmp_path / "out", {"results.md": "old"})
+    pipeline.write_manifest(str(out))
+    if case == "manifest-escapes":  # an edited manifest naming a file outside the folder
+        manifest = json.loads((out / pipeline.MANIFEST).read_text())
+        manifest["files"].append("../outside/precious.txt")
+        (out / pipeline.MANIFEST).write_text(json.dumps(manifest))
+    elif case == "clash":  # the user put a file where the new results go
+        _folder(out, {"models/a.tflite": "the user's"})
+    else:
+        (out / pipeline.MANIFEST).unlink()
+    before = _tree(out)
+    tmp = _folder(tmp_path / "tmp", {"results.md": "new", "models/a.tflite": "new model"})
+    pipeline.write_manifest(str(tmp))
+    went = pipeline.publish(str(tmp), str(out))
+    assert went != str(out) and _tree(went)["results.md"] == "new"
+    assert _tree(out) == before and _tree(outside) == {"precious.txt": "keep"}
 
 
 def test_settings_validation():

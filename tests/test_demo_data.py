@@ -186,3 +186,50 @@ def test_load_data_rejects_unknown_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="data_dir"):
         data.load_data(str(tmp_path))
+
+
+def test_read_idx_names_a_gz_that_is_not_gzip(tmp_path):
+    fake = tmp_path / "train-images-idx3-ubyte.gz"
+    fake.write_bytes(b"plain text, not gzip")
+    with pytest.raises(ValueError, match=r"not a valid gzip file.*train-images-idx3-ubyte.gz"):
+        data.read_idx(str(fake))
+    truncated = tmp_path / "t.gz"
+    truncated.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 100)[:20])
+    with pytest.raises(ValueError, match=r"not a valid gzip file.*t.gz"):
+        data.read_idx(str(truncated))
+
+
+def test_image_folder_with_one_image_per_class_says_so(tmp_path):
+    root = str(tmp_path / "photos")
+    _write_image_folder(root, per_class=1)
+    with pytest.raises(ValueError, match=r"at least 2 images.*\{'cats': 1, 'dogs': 1\}"):
+        data.load_data(root, verbose=False)
+
+
+def test_image_folder_with_a_single_class_is_refused(tmp_path):
+    root = str(tmp_path / "photos")
+    _write_image_folder(root, classes=("cats",))
+    with pytest.raises(ValueError, match=r"at least 2 class sub-folders.*found 1 \('cats': 5\)"):
+        data.load_data(root, verbose=False)
+
+
+def test_image_folder_names_the_corrupt_image(tmp_path):
+    root = str(tmp_path / "photos")
+    _write_image_folder(root)
+    (tmp_path / "photos" / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match=r"1 image file\(s\) cannot be decoded: '.*dogs/broken.png'"):
+        data.load_data(root, verbose=False)
+
+
+def test_idx_data_with_one_class_or_bad_labels_is_refused(tmp_path):
+    folder = str(tmp_path / "idx")
+    arrays = write_fake_fashion_mnist(folder)
+    write_idx(os.path.join(folder, "train-labels-idx1-ubyte.gz"), np.zeros(len(arrays["y_train"]), np.uint8))
+    with pytest.raises(ValueError, match=r"only 1 class \(\['T-shirt/top'\]\)"):
+        data.load_data(folder, verbose=False)
+    labels = arrays["y_test"].copy()
+    labels[0] = 12
+    write_fake_fashion_mnist(folder)
+    write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"), labels)
+    with pytest.raises(ValueError, match=r"test labels must lie in \[0, 10\).*0 to 12"):
+        data.load_data(folder, verbose=False)

@@ -1,6 +1,7 @@
 """Plans and the NumPy oracle: pure math, no Keras layers."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from keras_bft.ops import arguments
 from keras_bft.ops import oracle
 from keras_bft.ops import plans
 
@@ -130,3 +132,99 @@ def test_merge_validates_segments():
     merged = plan.merge((2, 2))
     assert merged.radices == (16, 16)
     assert math.prod(merged.radices) == 256
+
+
+def _rules_broken(cin, cout, num_stages, radices):
+    """The arguments that break a documented rule (keras_bft.ops.arguments, the plan's padding rule)."""
+    core = min(cin, cout)
+    broken = set()
+    if radices is not None and num_stages is not None:
+        broken.add("not both")
+    if num_stages is not None and not 1 <= num_stages <= core.bit_length():
+        broken.add("num_stages")
+    if radices is not None and (not radices or min(radices) < 2 or math.prod(radices) != core):
+        broken.add("radices")
+    return broken
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cin=st.integers(1, 80),
+    cout=st.integers(1, 80),
+    num_stages=st.one_of(st.none(), st.integers(-2, 40)),
+    radices=st.one_of(st.none(), st.lists(st.integers(-1, 10), max_size=5)),
+)
+def test_any_arguments_give_a_valid_exact_plan_or_a_fast_value_error(cin, cout, num_stages, radices):
+    start = time.perf_counter()
+    broken = _rules_broken(cin, cout, num_stages, radices)
+    try:
+        plan = plans.make_plan(cin, cout, radices=radices, num_stages=num_stages)
+    except ValueError as error:
+        assert time.perf_counter() - start < 1.0
+        assert broken, f"rejected valid arguments: {error}"
+        assert "Received" in str(error) and any(rule in str(error) for rule in broken), error
+        return
+    assert not broken, f"accepted arguments that break {broken}: {plan}"
+    core = min(cin, cout)
+    padded_core = math.prod(plan.radices)
+    # Product and padding rules.
+    if radices is not None:
+        assert plan.radices == tuple(radices) and padded_core == core
+    if num_stages is not None:
+        assert plan.num_stages == num_stages
+    assert core <= padded_core <= 2 * core
+    assert plan.padding[0] <= cin and plan.padding[1] <= cout
+    for a, b in zip(plan.stages, plan.stages[1:]):
+        assert a.out_channels == b.in_channels
+    # The dense oracle equals the stage definition on a small random input.
+    kernels = _random_kernels(plan, seed=cin + 100 * cout)
+    x = np.random.default_rng(cout).standard_normal((3, cin))
+    np.testing.assert_allclose(
+        x @ oracle.dense_matrix(kernels, plan), x @ _brute_force_dense(kernels, plan), atol=1e-9
+    )
+
+
+def test_num_stages_beyond_the_padding_rule_fails_fast():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"too large for 8 channels.*at most 4 stages.*num_stages=30"):
+        plans.make_plan(8, 8, num_stages=30)
+    with pytest.raises(ValueError, match=r"num_stages=8"):
+        plans.make_plan(8, 8, num_stages=8)  # was silently padded to 256 channels
+    assert time.perf_counter() - start < 1.0
+    # At the limit the padding equals the real channels, never more.
+    plan = plans.make_plan(8, 8, num_stages=4)
+    assert plan.radices == (2, 2, 2, 2) and plan.padding == (8, 8)
+    assert plans.make_plan(9, 9, num_stages=4).padding == (7, 7)
+    assert plans.max_stages(8) == 4 and plans.max_stages(9) == 4 and plans.max_stages(1) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"radices": "24"}, r"radices='24'"),
+        ({"radices": [2.5, 4]}, r"radices=\[2.5, 4\]"),
+        ({"radices": 8}, r"radices=\[8\] for one stage.*Received: radices=8"),
+        ({"radices": [8, 1]}, r"radices=\[8, 1\]"),
+        ({"radices": [True, 8]}, r"radices=\[True, 8\]"),
+        ({"num_stages": 2.0}, r"num_stages=2.0"),
+        ({"num_stages": True}, r"num_stages=True"),
+        ({"butterfly_k": "4"}, r"butterfly_k='4'"),
+    ],
+)
+def test_no_silent_coercion(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plans.make_plan(16, 16, **kwargs)
+
+
+def test_numpy_integers_are_integers():
+    plan = plans.make_plan(np.int64(16), np.int32(16), num_stages=np.int64(2))
+    assert plan.radices == (4, 4) and type(plan.in_channels) is int
+    assert plans.make_plan(16, 16, radices=np.array([4, 4])).radices == (4, 4)
+
+
+def test_merge_stages_check_is_shared():
+    plan = plans.make_plan(64, 64, butterfly_k=4)
+    with pytest.raises(ValueError, match=r"segments=\(1.9, 2.2\)"):
+        plan.merge((1.9, 2.2))
+    with pytest.raises(ValueError, match=r"merge_stages=\[1, 1\] \(sum 2\)"):
+        arguments.check_merge_stages([1, 1], plan.num_stages)

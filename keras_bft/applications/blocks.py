@@ -26,6 +26,7 @@ from keras_bft.applications.layers import ChannelShuffle
 from keras_bft.applications.layers import ChannelSplit
 from keras_bft.layers import data_format as data_format_lib
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
+from keras_bft.ops import arguments
 
 FUSIONS = ("butterfly", "pointwise")
 POOLINGS = (None, "avg", "max")
@@ -99,56 +100,21 @@ def _product(values):
     return out
 
 
-def is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_radices(radices):
-    def check_list(r, shown):
-        if isinstance(r, (str, bytes)) or not hasattr(r, "__iter__"):
-            raise ValueError(
-                "`radices` must be a list of integers >= 2 or a dict {channels: list}. "
-                f"Received: radices={shown!r}"
-            )
-        r = tuple(r)
-        if not r or not all(is_int(v) and v >= 2 for v in r):
-            raise ValueError(
-                "`radices` must be a list of integers >= 2 or a dict {channels: list}. "
-                f"Received: radices={shown!r}"
-            )
-        return tuple(int(v) for v in r)
-
-    if radices is None:
-        return None
-    if isinstance(radices, dict):
-        out = {}
-        for channels, r in radices.items():
-            r = check_list(r, radices)
-            if not is_int(channels) or _product(r) != channels:
-                raise ValueError(
-                    "Each entry of a `radices` dict maps a channel count to radices whose "
-                    f"product is that count. Received: radices={radices!r}"
-                )
-            out[int(channels)] = r
-        return out
-    return check_list(radices, radices)
+is_int = arguments.is_int
 
 
 def fusion_spec(fusion, butterfly_k=4, radices=None, num_stages=None):
-    """Validates the fusion arguments of a builder and returns a `FusionSpec`."""
+    """Validates the fusion arguments of a builder and returns a `FusionSpec`.
+
+    The butterfly arguments go through `keras_bft.ops.arguments`, the same
+    check as `ButterflyFusion` and `make_plan`.
+    """
     if fusion not in FUSIONS:
         raise ValueError(f"`fusion` must be one of {FUSIONS}. Received: fusion={fusion!r}")
-    if not is_int(butterfly_k) or butterfly_k < 2:
-        raise ValueError(f"`butterfly_k` must be an integer >= 2. Received: butterfly_k={butterfly_k!r}")
-    if num_stages is not None and (not is_int(num_stages) or num_stages < 1):
-        raise ValueError(f"`num_stages` must be a positive integer. Received: num_stages={num_stages!r}")
-    radices = _check_radices(radices)
-    if radices is not None and num_stages is not None and not isinstance(radices, dict):
-        raise ValueError(
-            "Pass `radices` or `num_stages`, not both. Received: "
-            f"radices={list(radices)}, num_stages={num_stages}"
-        )
-    return FusionSpec(fusion, int(butterfly_k), radices, num_stages)
+    butterfly_k, radices, num_stages = arguments.check_butterfly(
+        butterfly_k, radices, num_stages, allow_dict=True
+    )
+    return FusionSpec(fusion, butterfly_k, radices, num_stages)
 
 
 def check_common_args(width, alpha, include_top, weights, pooling, classes):

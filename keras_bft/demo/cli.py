@@ -34,7 +34,9 @@ def add_parser(subparsers):
     parser.add_argument("--output-dir", default=None,
                         help="where to write the table, plots and .tflite models "
                              "(default: ./keras-bft-demo-MODE-DATE-TIME)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --output-dir")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the results of an earlier demo in --output-dir (only the files it "
+                             "wrote; a folder the demo did not write is never replaced)")
     parser.add_argument("--epochs", type=int, default=None, help="override the mode's epochs")
     parser.add_argument("--qat-epochs", type=int, default=None,
                         help="quantization-aware training epochs (default 1; 0 with --tiny); 0 skips QAT")
@@ -86,14 +88,20 @@ def run(args):
     settings = pipeline.settings_for(args.mode, **overrides)
     output_dir = os.path.abspath(args.output_dir or pipeline.default_output_dir(args.mode))
     try:
-        pipeline.check_output_dir(output_dir, args.force)
-        dataset = data_lib.load_data(args.data_dir, image_size=(settings.image_size,) * 2)
+        pipeline.check_output_dir(output_dir, args.force, name="--output-dir")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        dataset = data_lib.load_data(args.data_dir, image_size=(settings.image_size,) * 2)
+    except ValueError as e:
+        # The data functions name their Python argument or the file; say which flag it came from.
+        where = f"--data-dir={args.data_dir!r}: " if args.data_dir is not None else ""
+        print(f"error: {where}{e}", file=sys.stderr)
         return 2
     print(f"Output folder: {output_dir}")
     demo = pipeline.Demo(settings, dataset, output_dir)
     demo.run(interactive=sys.stdout.isatty())
-    print(f"\nWrote {output_dir}/{{results.md, results.json, accuracy_vs_macs.png, "
+    print(f"\nWrote {demo.output_dir}/{{results.md, results.json, accuracy_vs_macs.png, "
           f"accuracy_vs_latency.png, models/}}")
     return 0

@@ -14,6 +14,7 @@ The idx format is four header fields and raw bytes, read here with NumPy only.
 import collections
 import gzip
 import os
+import zlib
 
 import keras
 import numpy as np
@@ -77,9 +78,13 @@ def read_idx(path):
     >>> labels.shape  # doctest: +SKIP
     (10000,)
     """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    gz = str(path).endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        what = "not a valid gzip file" if gz else "unreadable"
+        raise ValueError(f"idx file is {what} ({type(e).__name__}: {e}). Received: path={path!r}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(
             f"Not an idx file (bad magic number {data[:4].hex() or 'empty'}). Received: path={path!r}"
@@ -242,7 +247,9 @@ def load_image_folder(directory, image_size=(32, 32), color_mode="grayscale", te
     """Loads a folder of images, one sub-folder per class, for training on your own data.
 
     Uses `keras.utils.image_dataset_from_directory`; the test split is a
-    seeded `test_fraction` of the images (its `validation_split`).
+    seeded `test_fraction` of the images (its `validation_split`). Needs at
+    least 2 classes of at least 2 images each; an image that cannot be
+    decoded is an error naming the file.
 
     Args:
         directory: folder with one sub-folder of images per class.
@@ -259,35 +266,102 @@ def load_image_folder(directory, image_size=(32, 32), color_mode="grayscale", te
         raise ValueError(f"`directory` is not a folder. Received: directory={directory!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1). Received: test_fraction={test_fraction!r}")
-    splits = keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        label_mode="int",
-        color_mode=color_mode,
-        image_size=tuple(image_size),
-        batch_size=None,
-        shuffle=True,
-        seed=seed,
-        validation_split=test_fraction,
-        subset="both",
-        verbose=verbose,
-    )
-    class_names = tuple(splits[0].class_names)
+    options = dict(labels="inferred", label_mode="int", color_mode=color_mode, image_size=tuple(image_size),
+                   batch_size=None)
+    # Keras' own file listing (no decoding yet): what each class folder holds.
+    try:
+        listing = keras.utils.image_dataset_from_directory(directory, shuffle=False, verbose=False, **options)
+    except ValueError as e:  # Keras: no image files at all
+        raise ValueError(f"{e}. Received: directory={directory!r}") from e
+    class_names = tuple(listing.class_names)
+    counts = {name: 0 for name in class_names}
+    for path in listing.file_paths:
+        counts[os.path.relpath(path, directory).split(os.sep)[0]] += 1
+    found = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+    if len(class_names) < 2:
+        raise ValueError(
+            f"An image folder needs at least 2 class sub-folders to train a classifier; found "
+            f"{len(class_names)} ({found or 'none'}). Received: directory={directory!r}"
+        )
+    if min(counts.values()) < 2:
+        raise ValueError(
+            "Every class needs at least 2 images (one to train on, one to test); found images per "
+            f"class {{{found}}}. Received: directory={directory!r}"
+        )
+    try:
+        splits = keras.utils.image_dataset_from_directory(
+            directory, shuffle=True, seed=seed, validation_split=test_fraction, subset="both",
+            verbose=verbose, **options
+        )
+    except ValueError as e:  # Keras: a split came out empty
+        raise ValueError(
+            f"Too few images to hold out test_fraction={test_fraction} for testing: found images per "
+            f"class {{{found}}} ({e}). Received: directory={directory!r}"
+        ) from e
     arrays = []
     for split in splits:
         images, labels = [], []
-        for image, label in split.as_numpy_iterator():
-            images.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
-            labels.append(label)
+        try:
+            for image, label in split.as_numpy_iterator():
+                images.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
+                labels.append(label)
+        except Exception as e:  # TF raises its own error types from inside the input pipeline
+            bad = _undecodable_images(split.file_paths)
+            if not bad:
+                raise
+            shown = ", ".join(repr(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise ValueError(
+                f"{len(bad)} image file(s) cannot be decoded: {shown}. Remove or replace them. "
+                f"Received: directory={directory!r}"
+            ) from e
         if not images:
             raise ValueError(
-                f"Too few images to hold out test_fraction={test_fraction} for testing. "
-                f"Received: directory={directory!r}"
+                f"Too few images to hold out test_fraction={test_fraction} for testing: found images per "
+                f"class {{{found}}}. Received: directory={directory!r}"
             )
         arrays += [np.stack(images), np.asarray(labels, np.int32)]
     dataset = Dataset(*arrays, class_names, "folder", os.path.abspath(directory))
     if verbose:
         print(describe_source(dataset))
+    return dataset
+
+
+def _undecodable_images(paths):
+    """The files of `paths` TensorFlow's image decoder (the one Keras uses) rejects."""
+    import tensorflow as tf
+
+    bad = []
+    for path in paths:
+        try:
+            tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        except (tf.errors.OpError, ValueError):
+            bad.append(path)
+    return bad
+
+
+def check_dataset(dataset):
+    """Raises ValueError unless `dataset` can train and score a classifier.
+
+    Checks that train and test hold images, labels lie in
+    `[0, len(class_names))`, and the training labels hold at least 2 classes
+    (one class trains a constant and scores accuracy 1.0). Returns `dataset`.
+    """
+    where = f"Received: data from {dataset.location!r}"
+    classes = len(dataset.class_names)
+    for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
+        if len(x) == 0:
+            raise ValueError(f"The {split} split holds no images. {where}")
+        if len(y) and (y.min() < 0 or y.max() >= classes):
+            raise ValueError(
+                f"{split} labels must lie in [0, {classes}) ({classes} class names); found labels from "
+                f"{int(y.min())} to {int(y.max())}. {where}"
+            )
+    present = np.unique(dataset.y_train)
+    if len(present) < 2:
+        raise ValueError(
+            f"The training images hold only {len(present)} class ({[dataset.class_names[int(c)] for c in present]}); "
+            f"a classifier needs at least 2. {where}"
+        )
     return dataset
 
 
@@ -303,16 +377,16 @@ def load_data(data_dir=None, image_size=(32, 32), verbose=True, **kwargs):
         **kwargs: passed to `load_fashion_mnist`.
 
     Returns:
-        A `Dataset`.
+        A `Dataset`, checked by `check_dataset`.
     """
     if data_dir is not None and os.path.isdir(data_dir) and not has_idx_files(data_dir):
         if any(os.path.isdir(os.path.join(data_dir, d)) for d in os.listdir(data_dir)):
-            return load_image_folder(data_dir, image_size=image_size, verbose=verbose)
+            return check_dataset(load_image_folder(data_dir, image_size=image_size, verbose=verbose))
         raise ValueError(
             "`data_dir` holds neither the four Fashion-MNIST idx files nor one sub-folder of "
             f"images per class. Received: data_dir={data_dir!r}"
         )
-    return load_fashion_mnist(data_dir, verbose=verbose, **kwargs)
+    return check_dataset(load_fashion_mnist(data_dir, verbose=verbose, **kwargs))
 
 
 def stratified_indices(labels, per_class, seed=0):

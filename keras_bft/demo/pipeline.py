@@ -6,6 +6,7 @@ never looks like a result.
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -160,17 +161,71 @@ def _litert_accuracy(tflite_model, x, labels):
 
 
 # ---------------------------------------------------------------------------
-# Output folder: refuse to clobber; write into a temp sibling and rename at the end.
+# Output folder: write into a temp sibling and move the results in at the end. A manifest lists what the demo
+# wrote, so a later run (with --force) replaces exactly those files and never anything else.
+
+MANIFEST = ".keras-bft-demo.json"
 
 
-def check_output_dir(output_dir, force):
-    """Raises ValueError if `output_dir` exists and is non-empty (or is a file) without `force`."""
-    if os.path.isfile(output_dir):
-        raise ValueError(f"`output_dir` is a file. Received: output_dir={output_dir!r}")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not force:
+def write_manifest(folder):
+    """Records every file under `folder` (but the manifest) as written by the demo."""
+    files = sorted(
+        os.path.relpath(os.path.join(root, name), folder)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name != MANIFEST or root != folder
+    )
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump({"written_by": "keras-bft demo", "files": files}, f, indent=1)
+
+
+def demo_files(folder):
+    """The files an earlier demo recorded in `folder`'s manifest (relative paths), or None without a valid one.
+
+    A manifest naming a path outside the folder is not valid: nothing outside is ever removed.
+    """
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(files, list):
+        return None
+    out = set()
+    for name in files:
+        if not isinstance(name, str):
+            return None
+        norm = os.path.normpath(name)
+        if os.path.isabs(norm) or norm.split(os.sep)[0] in (os.pardir, os.curdir, ""):
+            return None
+        out.add(norm)
+    return out
+
+
+def check_output_dir(output_dir, force, name="output_dir"):
+    """Raises ValueError unless the demo may write to `output_dir`.
+
+    It may if the folder does not exist or is empty, or (with `force`) if an
+    earlier demo wrote it: then its files are replaced and any other file in
+    it is kept. A non-empty folder the demo did not write is refused even
+    with `force`: the demo never deletes what it did not write.
+    """
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"`{name}` is a file, not a folder. Received: {name}={output_dir!r}")
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    if demo_files(output_dir) is None:
+        found = sorted(os.listdir(output_dir))
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise ValueError(
-            "`output_dir` exists and is not empty; pass --force to replace it. "
-            f"Received: output_dir={output_dir!r}"
+            f"`{name}` is a non-empty folder that keras-bft demo did not write (it holds {shown}); "
+            "the demo only replaces its own earlier results (with --force), so choose a new or empty "
+            f"folder. Received: {name}={output_dir!r}"
+        )
+    if not force:
+        raise ValueError(
+            f"`{name}` holds an earlier demo's results; pass --force to replace them (other files "
+            f"in it are kept). Received: {name}={output_dir!r}"
         )
 
 
@@ -178,10 +233,47 @@ def default_output_dir(mode):
     return os.path.abspath(f"keras-bft-demo-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _publish(tmp_dir, output_dir):
-    if os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp_dir, output_dir)
+def publish(tmp_dir, output_dir):
+    """Moves the results of `tmp_dir` into `output_dir`; returns where they went.
+
+    A missing or empty `output_dir` is replaced by `tmp_dir` (one rename).
+    Else the files an earlier demo listed in its manifest are removed and the
+    new ones moved in, other files untouched. If the folder changed during
+    the run so that this would remove or overwrite a file the demo did not
+    write, nothing there is touched and the results go to a new sibling.
+    """
+    if os.path.isdir(output_dir) and not os.listdir(output_dir):
+        os.rmdir(output_dir)
+    if not os.path.exists(output_dir):
+        os.replace(tmp_dir, output_dir)
+        return output_dir
+    old = demo_files(output_dir) if os.path.isdir(output_dir) else None
+    new = [os.path.relpath(os.path.join(root, n), tmp_dir) for root, _, names in os.walk(tmp_dir) for n in names]
+    clashes = old is None or any(
+        os.path.lexists(os.path.join(output_dir, rel)) and rel not in old and rel != MANIFEST for rel in new
+    )
+    if clashes:
+        elsewhere, n = output_dir + time.strftime("-%Y%m%d-%H%M%S"), 1
+        while os.path.lexists(elsewhere):
+            elsewhere, n = f"{output_dir}{time.strftime('-%Y%m%d-%H%M%S')}-{n}", n + 1
+        os.replace(tmp_dir, elsewhere)
+        return elsewhere
+    root = os.path.realpath(output_dir)
+    for rel in sorted(old, key=lambda r: -r.count(os.sep)):
+        path = os.path.join(output_dir, rel)
+        if os.path.commonpath([root, os.path.realpath(os.path.dirname(path))]) != root:
+            continue  # a listed file behind a symlink out of the folder: not the demo's to remove
+        if os.path.islink(path) or os.path.isfile(path):
+            os.remove(path)
+        parent = os.path.dirname(path)
+        if parent != output_dir and os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+    for rel in new:
+        target = os.path.join(output_dir, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(tmp_dir, rel), target)
+    shutil.rmtree(tmp_dir)
+    return output_dir
 
 
 # ---------------------------------------------------------------------------
@@ -430,7 +522,12 @@ class Demo:
             os.makedirs(os.path.join(self.tmp_dir, "models"))
             self._run()
             report.write_report(self, self.tmp_dir)
-            _publish(self.tmp_dir, self.output_dir)
+            write_manifest(self.tmp_dir)
+            published = publish(self.tmp_dir, self.output_dir)
+            if published != self.output_dir:
+                self.log(f"{self.output_dir} changed during the run and now holds files the demo did not "
+                         f"write; left it alone and wrote the results to {published}")
+                self.output_dir = published
         finally:
             if os.path.isdir(self.tmp_dir):
                 shutil.rmtree(self.tmp_dir)

@@ -7,6 +7,7 @@ from keras import ops
 from keras_bft.initializers import ButterflyUniform
 from keras_bft.layers.data_format import channel_axis
 from keras_bft.layers.data_format import standardize_data_format
+from keras_bft.ops import arguments
 from keras_bft.ops import lowering as lowering_lib
 from keras_bft.ops import oracle
 from keras_bft.ops import plans
@@ -54,10 +55,14 @@ class ButterflyFusion(keras.layers.Layer):
         butterfly_k: target radix (block size) of each stage; the stage count
             is `ceil(log_k(min(in, filters)))`. The paper's default is 4; fewer,
             larger stages (e.g. `k ~ sqrt(n)`) run faster on CPUs.
-        radices: explicit stage radices whose product is `min(in, filters)`,
-            e.g. `[32, 32]` for 1024 channels. Overrides `butterfly_k`.
+        radices: explicit stage radices, a list of integers >= 2 whose
+            product is `min(in, filters)`, e.g. `[32, 32]` for 1024 channels
+            (`[8]`: one stage). Overrides `butterfly_k`.
         num_stages: explicit number of stages (radices chosen near
-            `n ** (1 / num_stages)`). Overrides `butterfly_k`.
+            `n ** (1 / num_stages)`). Overrides `butterfly_k`. Zero padding
+            never exceeds the real channels, so `n = min(in, filters)`
+            channels allow at most `n.bit_length()` stages (4 for 8 channels);
+            more raise a ValueError when the layer is built.
         residual: add the input to the output (identity on the first
             `min(in, filters)` channels): the paper's first-to-last residual.
         use_bias: whether to add a bias vector.
@@ -70,9 +75,10 @@ class ButterflyFusion(keras.layers.Layer):
             `"multiply_sum"`, `"grouped_conv"` (the int8 LiteRT form) or
             `"dense"` (a dense fold). All compute the same function; see
             `keras_bft.ops.lowering`.
-        merge_stages: optional stage counts to compose into single block stages
-            at run time, e.g. `(2, 3)` for five stages: the same function with
-            fewer passes (what exporters use). Default: run each stage.
+        merge_stages: optional stage counts (positive integers summing to the
+            number of stages) to compose into single block stages at run time,
+            e.g. `(2, 3)` for five stages: the same function with fewer passes
+            (what exporters use). Default: run each stage.
         kernel_initializer: initializer of each stage kernel. Default
             `"butterfly"`: `ButterflyUniform`, whose per-path product has the
             variance of a Glorot-initialized dense kernel.
@@ -83,6 +89,9 @@ class ButterflyFusion(keras.layers.Layer):
         kernel_constraint: constraint applied to each stage kernel.
         bias_constraint: constraint applied to the bias.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Integer and bool inputs are cast to the layer's compute dtype, as `Dense`
+    computes them.
 
     Input shape:
         N-D tensor of rank >= 2: `(batch, ..., channels)`, or
@@ -124,51 +133,25 @@ class ButterflyFusion(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(
-                f"`filters` must be a positive integer. Received: filters={filters!r}"
-            )
-        if (
-            not isinstance(butterfly_k, (int, np.integer))
-            or isinstance(butterfly_k, bool)
-            or butterfly_k < 2
-        ):
-            raise ValueError(
-                f"`butterfly_k` must be an integer >= 2. Received: butterfly_k={butterfly_k!r}"
-            )
-        if radices is not None:
-            radices = [int(r) for r in radices]
-            if not radices or min(radices) < 1:
-                raise ValueError(
-                    f"`radices` must be a non-empty list of positive integers. Received: radices={radices!r}"
-                )
-        if num_stages is not None and (not isinstance(num_stages, int) or num_stages < 1):
-            raise ValueError(
-                f"`num_stages` must be a positive integer. Received: num_stages={num_stages!r}"
-            )
-        if radices is not None and num_stages is not None:
-            raise ValueError(
-                "Pass `radices` or `num_stages`, not both. Received: "
-                f"radices={radices}, num_stages={num_stages}"
-            )
+        filters = arguments.positive_int("filters", filters)
+        butterfly_k, radices, num_stages = arguments.check_butterfly(butterfly_k, radices, num_stages)
         data_format = standardize_data_format(data_format)
         if lowering != "auto" and lowering not in lowering_lib.LOWERINGS:
             raise ValueError(
                 f"`lowering` must be 'auto' or one of {lowering_lib.LOWERINGS}. "
                 f"Received: lowering={lowering!r}"
             )
-        if merge_stages is not None:
-            merge_stages = [int(s) for s in merge_stages]
-        self.filters = int(filters)
-        self.butterfly_k = int(butterfly_k)
-        self.radices = radices
+        merge_stages = arguments.check_merge_stages(merge_stages)
+        self.filters = filters
+        self.butterfly_k = butterfly_k
+        self.radices = None if radices is None else list(radices)
         self.num_stages = num_stages
         self.residual = bool(residual)
         self.use_bias = bool(use_bias)
         self.activation = keras.activations.get(activation)
         self.data_format = data_format
         self.lowering = lowering
-        self.merge_stages = merge_stages
+        self.merge_stages = None if merge_stages is None else list(merge_stages)
         self.kernel_initializer = (
             None if kernel_initializer == "butterfly" else keras.initializers.get(kernel_initializer)
         )
@@ -201,8 +184,7 @@ class ButterflyFusion(keras.layers.Layer):
         self.plan = plans.make_plan(
             int(channels), self.filters, self.butterfly_k, self.radices, self.num_stages
         )
-        if self.merge_stages is not None:
-            self.plan.merge(self.merge_stages)  # validates the segments now
+        arguments.check_merge_stages(self.merge_stages, self.plan.num_stages)
         initializer = self.kernel_initializer or ButterflyUniform(
             self.plan.num_stages, int(channels), self.filters
         )
@@ -232,6 +214,9 @@ class ButterflyFusion(keras.layers.Layer):
     def call(self, inputs):
         channels_first = self.channel_axis(len(inputs.shape)) == 1
         kernels, plan = list(self.kernels), self.plan
+        if not keras.backend.is_float_dtype(inputs.dtype):
+            # As Dense does (its matmul promotes): integer and bool inputs compute in the layer's dtype.
+            inputs = ops.cast(inputs, self.compute_dtype)
         if self.merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, self.merge_stages)
         lowering = (

@@ -17,6 +17,13 @@ transforms. Channel counts that do not factor well are zero-padded on the input
 and cropped on the output (`padded_in`, `padded_out`): exact, and the waste is
 reported by `ButterflyPlan.padding`.
 
+Padding rule: the zero padding of the square core never exceeds its real
+channels (`padded <= 2 * min(in, out)`), so the searched channel counts are
+bounded and a plan never costs more than twice an unpadded one. Radices are
+>= 2, so `n` channels allow at most `max_stages(n)` (= `n.bit_length()`)
+stages; asking for more is an error, not a silent pad (8 channels in 8 stages
+would run 256).
+
 Adjacent square stages compose into one block-diagonal stage (`merge`): the
 same function with fewer passes, which is what exporters want.
 """
@@ -24,6 +31,8 @@ same function with fewer passes, which is what exporters want.
 import dataclasses
 import functools
 import math
+
+from keras_bft.ops import arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +110,7 @@ class ButterflyPlan:
         for a five-stage plan. A merged stage of stages `l..l+j` has blocks of
         `r_l * ... * r_{l+j}`; see `oracle.merge_kernels` for its weights.
         """
-        segments = tuple(int(s) for s in segments)
-        if sum(segments) != self.num_stages or min(segments, default=0) < 1:
-            raise ValueError(
-                "`segments` must be positive and sum to the number of stages "
-                f"({self.num_stages}). Received: segments={segments}"
-            )
+        segments = arguments.check_merge_stages(segments, self.num_stages, name="segments")
         merged, start = [], 0
         for count in segments:
             part = self.stages[start : start + count]
@@ -138,6 +142,11 @@ def _factorizations(n, count, max_factor):
     return rec(n, count, max_factor)
 
 
+def max_stages(n):
+    """The most stages `n` channels allow: radices are >= 2 and padding may not exceed `n` (`2**s <= 2n`)."""
+    return int(n).bit_length()
+
+
 def auto_radices(n, butterfly_k=4, num_stages=None):
     """Picks radices for an `n`-channel square butterfly.
 
@@ -147,22 +156,38 @@ def auto_radices(n, butterfly_k=4, num_stages=None):
     96 channels with k=4 give `(4, 4, 3, 2)`; 58 = 2 x 29 has no 3-stage split,
     so it runs as `(5, 4, 3)` over 60 channels (2 zero-padded). Returns
     `(radices, n')`.
+
+    The search stops at `n' = 2n` (the padding rule, see the module
+    docstring), where a power of two always splits for any `num_stages <=
+    max_stages(n)`; more stages raise ValueError.
     """
+    n = arguments.positive_int("n", n)
     if num_stages is None:
-        num_stages = max(1, math.ceil(math.log(n) / math.log(butterfly_k) - 1e-9))
-        k = butterfly_k
+        k = arguments.positive_int("butterfly_k", butterfly_k, minimum=2)
+        num_stages = max(1, math.ceil(math.log(n) / math.log(k) - 1e-9))
     else:
+        num_stages = arguments.positive_int("num_stages", num_stages)
+        if num_stages > max_stages(n):
+            raise ValueError(
+                f"`num_stages` is too large for {n} channels: every stage has a radix >= 2, so "
+                f"{num_stages} stages need at least 2**{num_stages} channels, and zero padding may "
+                f"not exceed the real channels (at most {max_stages(n)} stages for {n}). "
+                f"Received: num_stages={num_stages}"
+            )
         k = max(2, math.ceil(n ** (1.0 / num_stages) - 1e-9))
     if num_stages == 1 or n == 1:
         return (n,), n
     # Exact factorizations first: padding adds a pad and a slice op, and odd
     # padded radices (19 x 27 for 512) vectorize worse than 16 x 32.
-    for padded in range(n, k**num_stages + 1):
+    for padded in range(n, min(k**num_stages, 2 * n) + 1):
         options = _factorizations(padded, num_stages, 2 * k)
         if options:
             radices = min(options, key=lambda r: (sum(r), r))
             return radices, padded
-    raise AssertionError("unreachable: k**num_stages always factors")
+    raise ValueError(  # unreachable by the power-of-two argument above; kept as a clear error
+        f"No {num_stages}-stage split of {n} to {2 * n} channels into radices of at most {2 * k}. "
+        f"Received: n={n}, num_stages={num_stages}"
+    )
 
 
 def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None):
@@ -172,35 +197,27 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
         in_channels: input channels (>= 1).
         out_channels: output channels (>= 1).
         butterfly_k: target radix; the stage count is `ceil(log_k(min(in, out)))`.
-        radices: explicit radices, product equal to `min(in_channels,
-            out_channels)`; overrides `butterfly_k`.
-        num_stages: explicit number of stages; overrides `butterfly_k`.
+        radices: explicit radices (integers >= 2), product equal to
+            `min(in_channels, out_channels)`; overrides `butterfly_k`.
+        num_stages: explicit number of stages, at most
+            `max_stages(min(in_channels, out_channels))` (zero padding never
+            exceeds the real channels); overrides `butterfly_k`.
 
     Returns:
         A `ButterflyPlan`.
     """
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    in_channels = arguments.positive_int("in_channels", in_channels)
+    out_channels = arguments.positive_int("out_channels", out_channels)
+    butterfly_k, radices, num_stages = arguments.check_butterfly(butterfly_k, radices, num_stages)
     core = min(in_channels, out_channels)
     if radices is not None:
-        radices = tuple(int(r) for r in radices)
-        if not radices or min(radices) < 1 or math.prod(radices) != core:
+        if math.prod(radices) != core:
             raise ValueError(
                 "The product of `radices` must equal min(input channels, filters) "
-                f"= {core}. Received: radices={list(radices)} (product "
-                f"{math.prod(radices) if radices else 0})"
+                f"= {core}. Received: radices={list(radices)} (product {math.prod(radices)})"
             )
         padded = core
     else:
-        if not isinstance(butterfly_k, int) or butterfly_k < 2:
-            raise ValueError(
-                f"`butterfly_k` must be an integer >= 2. Received: butterfly_k={butterfly_k!r}"
-            )
-        if num_stages is not None and (not isinstance(num_stages, int) or num_stages < 1):
-            raise ValueError(
-                f"`num_stages` must be a positive integer. Received: num_stages={num_stages!r}"
-            )
         radices, padded = auto_radices(core, butterfly_k, num_stages)
         # The rectangular stage costs max(in, out) * its radix: give it the smallest.
         radices = tuple(sorted(radices, reverse=in_channels < out_channels))

@@ -786,6 +786,7 @@ def convert(
             export_model, report = rewrite.prepare_for_export(
                 float_model, quantization, [i.shape for i in inputs], cost_model=cost_model,
                 objective=objective,
+                calibration=None if data is None else [[s[i.name] for i in inputs] for s in data.samples],
             )
         with tempfile.TemporaryDirectory() as folder:
             say("Tracing the model", flush=True)

@@ -23,16 +23,39 @@ from keras_bft.layers.butterfly_stages import ButterflyStages
 from keras_bft.ops import activations
 
 
+# XNNPACK's int8 ADD needs input scale / output scale >= 2**-10 (xnnpack_delegate.cc). The output range of
+# hard-swish's `x + 3` holds 3, so an `x` whose calibrated values all lie within 3 / 1024 of zero makes XNNPACK
+# reject that ADD (untrained MobileNetV3s: BatchNorm at its initial statistics shrinks activations to ~1e-9).
+HARD_SWISH_LINEAR_BELOW = 3.0 / 1024
+
+
 @keras.saving.register_keras_serializable(package="keras_bft")
 class HardSwishAsProduct(keras.layers.Layer):
     """Hard-swish as MUL, ADD (+RELU6), MUL: `keras_bft.ops.activations.hard_swish`.
 
     LiteRT's XNNPACK delegate lacks int8 HARD_SWISH, and the converter folds
     `x * relu6(x + 3) / 6` back into it; see `keras_bft.ops.activations`.
+
+    `linear=True` computes `x / 2`, for an input whose calibrated values stay
+    within `HARD_SWISH_LINEAR_BELOW` of zero: there int8 cannot resolve `x`
+    next to 3 (`x + 3` quantizes to 3), and `hard_swish(x) = x / 2 + x**2 / 6`
+    differs from `x / 2` by under 0.13 of the output's int8 step, while
+    XNNPACK would reject the ADD. Only for int8 export.
     """
 
+    def __init__(self, linear=False, **kwargs):
+        super().__init__(**kwargs)
+        self.linear = bool(linear)
+
     def call(self, inputs):
+        if self.linear:
+            return inputs * 0.5
         return activations.hard_swish(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["linear"] = self.linear
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_bft")

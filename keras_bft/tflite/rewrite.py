@@ -73,6 +73,7 @@ class _Pass:
         self.shapes = [tuple(s) for s in shapes]
         self.notes = []
         self.sites = []  # (call, Site)
+        self.linear_hard_swish = set()  # id(call) of hard-swish calls exported as x / 2
         self.nested = {}  # id(call) -> _Pass
         self._static = None
         self._collect()
@@ -172,10 +173,37 @@ class _Pass:
                 axis, first, _ = layer.split_sizes(call.input_shape)
                 return export_layers.SplitAsBuiltin(axis, first, name=layer.name)(*args, **kwargs)
             if self.quantization == "int8" and _is_hard_swish(layer):
-                return export_layers.HardSwishAsProduct(name=layer.name)(*args, **kwargs)
+                linear = id(call) in self.linear_hard_swish
+                return export_layers.HardSwishAsProduct(linear=linear, name=layer.name)(*args, **kwargs)
             return _borrow(layer)(*args, **kwargs)
 
         return self.graph.rebuild(build, inputs=self.graph.new_inputs(self.shapes))
+
+
+def small_range_hard_swish(graph, samples):
+    """The hard-swish calls of `graph` whose inputs stay within `HARD_SWISH_LINEAR_BELOW` of 0 on `samples`.
+
+    Args:
+        graph: a `LayerGraph` (its top-level calls are probed).
+        samples: calibration samples, each a list of batch-1 arrays in the
+            model's input order.
+
+    Returns:
+        A set of call ids (`id(call)`).
+    """
+    calls = [call for call in graph.calls if _is_hard_swish(call.layer)]
+    if not calls or not samples:
+        return set()
+    model = graph.model
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [call.inputs[0] for call in calls])
+    peaks = np.zeros(len(calls))
+    for start in range(0, len(samples), 16):  # batches of samples: one probe call each
+        batch = [np.concatenate(arrays) for arrays in zip(*samples[start : start + 16])]
+        outputs = probe(batch[0] if len(batch) == 1 else batch, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        peaks = np.maximum(peaks, [np.max(np.abs(keras.ops.convert_to_numpy(o))) for o in outputs])
+    return {id(call) for call, peak in zip(calls, peaks) if peak < export_layers.HARD_SWISH_LINEAR_BELOW}
 
 
 def _borrow(layer):
@@ -254,7 +282,7 @@ def plan_lowering(model, quantization, shapes, objective="latency", cost_model=N
 
 
 def prepare_for_export(model, quantization, shapes, cost_model=None, objective="latency",
-                       size_budget=search.BALANCED_SIZE_BUDGET):
+                       size_budget=search.BALANCED_SIZE_BUDGET, calibration=None):
     """A new model computing `model` in the forms the exporter chose, and the report of what it did.
 
     `model` is not modified (no layer of it is called on new inputs). A model
@@ -269,6 +297,9 @@ def prepare_for_export(model, quantization, shapes, cost_model=None, objective="
         cost_model: optional `cost_model.CostModel`.
         objective: `"latency"`, `"size"` or `"balanced"` (see `search`).
         size_budget: the `"balanced"` objective's weight budget.
+        calibration: for int8, calibration samples (each a list of batch-1
+            arrays in input order); hard-swish calls whose inputs they keep
+            near zero get the linear int8 form (see `HardSwishAsProduct`).
 
     Returns:
         `(export_model, report)`: the new model (or `model` itself when
@@ -281,5 +312,7 @@ def prepare_for_export(model, quantization, shapes, cost_model=None, objective="
         warnings.warn(report.notes[0], stacklevel=2)
         return model, report
     rewrite, decisions = planned
+    if quantization == "int8" and calibration is not None:
+        rewrite.linear_hard_swish = small_range_hard_swish(rewrite.graph, calibration)
     export_model = rewrite.rebuild(decisions)
     return (model if export_model is None else export_model), report
