@@ -48,6 +48,10 @@ class ButterflyFusion(keras.layers.Layer):
     last stage writes `filters / groups` outputs per group (when
     `in < filters`), so cost follows the smaller side. Counts that do not factor
     into radices near `k` are zero-padded and cropped (exact; see `plan`).
+    `rectangular="paper"` builds the paper's rule instead: `ceil(max / min)`
+    independent square butterflies on `min(in, filters)` channels, whose
+    outputs are concatenated (in < filters) or which read one chunk of the
+    input each and are summed (in > filters); cost follows the larger side.
 
     Args:
         filters: number of output channels.
@@ -60,6 +64,7 @@ class ButterflyFusion(keras.layers.Layer):
             `n ** (1 / num_stages)`). Overrides `butterfly_k`.
         residual: add the input to the output (identity on the first
             `min(in, filters)` channels): the paper's first-to-last residual.
+            With `rectangular="paper"`, each square copy adds its own input.
         use_bias: whether to add a bias vector.
         activation: activation applied to the output (default: none).
         data_format: `"channels_last"` or `"channels_first"`, for inputs of rank
@@ -82,6 +87,10 @@ class ButterflyFusion(keras.layers.Layer):
         activity_regularizer: regularizer applied to the output.
         kernel_constraint: constraint applied to each stage kernel.
         bias_constraint: constraint applied to the bias.
+        rectangular: how `in != filters` is built: `"min"` (default; one
+            butterfly on `min(in, filters)` channels with a rectangular
+            first or last stage) or `"paper"` (the paper's square copies, as
+            in its reference code; see `keras_bft.ops.plans`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -121,6 +130,7 @@ class ButterflyFusion(keras.layers.Layer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        rectangular="min",
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -162,6 +172,11 @@ class ButterflyFusion(keras.layers.Layer):
                 f"`lowering` must be 'auto' or one of {lowering_lib.LOWERINGS}. "
                 f"Received: lowering={lowering!r}"
             )
+        if rectangular not in plans.RECTANGULAR:
+            raise ValueError(
+                f"`rectangular` must be one of {plans.RECTANGULAR}. "
+                f"Received: rectangular={rectangular!r}"
+            )
         if merge_stages is not None:
             merge_stages = [int(s) for s in merge_stages]
         self.filters = int(filters)
@@ -174,6 +189,7 @@ class ButterflyFusion(keras.layers.Layer):
         self.data_format = data_format
         self.lowering = lowering
         self.merge_stages = merge_stages
+        self.rectangular = rectangular
         self.kernel_initializer = (
             None if kernel_initializer == "butterfly" else keras.initializers.get(kernel_initializer)
         )
@@ -203,7 +219,8 @@ class ButterflyFusion(keras.layers.Layer):
                 f"Received: input_shape={input_shape} (data_format={self.data_format})"
             )
         self.plan = plans.make_plan(
-            int(channels), self.filters, self.butterfly_k, self.radices, self.num_stages
+            int(channels), self.filters, self.butterfly_k, self.radices, self.num_stages,
+            self.rectangular,
         )
         if self.merge_stages is not None:
             self.plan.merge(self.merge_stages)  # validates the segments now
@@ -275,6 +292,7 @@ class ButterflyFusion(keras.layers.Layer):
                 "data_format": self.data_format,
                 "lowering": self.lowering,
                 "merge_stages": self.merge_stages,
+                "rectangular": self.rectangular,
                 "kernel_initializer": (
                     "butterfly"
                     if self.kernel_initializer is None

@@ -132,12 +132,35 @@ def _stages_grouped_conv(x, kernels, stages):
 
 def dense_from_kernels(kernels, plan, residual=False, dtype=None):
     """The `(in, out)` dense matrix as a tensor, by pushing the identity through the stages."""
-    eye = ops.eye(plan.padded_in, dtype=dtype or kernels[0].dtype)
-    matrix = _stages_group_major(eye, kernels, plan.stages)[: plan.in_channels]
-    matrix = matrix[:, : plan.out_channels]
+    eye = ops.eye(plan.in_channels, dtype=dtype or kernels[0].dtype)
+    return butterfly_transform(eye, kernels, plan, residual, "group_major")
+
+
+def _copies_in(x, plan):
+    """(M, in) -> (M, padded_in): the input of each square copy, side by side (paper rule)."""
+    copies, n = plan.copies, min(plan.in_channels, plan.out_channels)
+    n_pad = plan.padded_in // copies
+    if plan.in_channels < plan.out_channels:
+        return ops.tile(_pad_channels(x, n_pad), (1, copies))
+    chunks = ops.reshape(_pad_channels(x, copies * n), (-1, copies, n))
+    if n_pad > n:
+        chunks = ops.pad(chunks, ((0, 0), (0, 0), (0, n_pad - n)))
+    return ops.reshape(chunks, (-1, plan.padded_in))
+
+
+def _copies_out(y, x, plan, residual):
+    """(M, padded_out) -> (M, out): copy c's output J sits at J * copies + c; concatenate or sum."""
+    copies, n = plan.copies, min(plan.in_channels, plan.out_channels)
+    y = ops.reshape(y, (-1, plan.padded_out // copies, copies))[:, :n]
+    if plan.in_channels < plan.out_channels:
+        if residual:
+            y = y + ops.expand_dims(x, -1)
+        y = ops.reshape(ops.transpose(y, (0, 2, 1)), (-1, copies * n))
+        return y[:, : plan.out_channels]
+    y = ops.sum(y, axis=-1)
     if residual:
-        matrix = matrix + ops.eye(plan.in_channels, plan.out_channels, dtype=matrix.dtype)
-    return matrix
+        y = y + ops.sum(ops.reshape(_pad_channels(x, copies * n), (-1, copies, n)), axis=1)
+    return y
 
 
 def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"):
@@ -147,7 +170,8 @@ def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"
         x: tensor of shape `(..., plan.in_channels)`.
         kernels: one tensor per stage, of shape `stage.kernel_shape`.
         plan: a `ButterflyPlan`.
-        residual: add the input (identity on the first min(in, out) channels).
+        residual: add the input (identity on the first min(in, out) channels;
+            with the paper's copies, each copy's input to its output).
         lowering: one of `LOWERINGS`.
 
     Returns:
@@ -159,13 +183,19 @@ def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"
     if lowering == "dense":
         y = ops.matmul(matrix, dense_from_kernels(kernels, plan, residual, matrix.dtype))
         return ops.reshape(y, (*lead, plan.out_channels))
-    y = _pad_channels(matrix, plan.padded_in)
+    if plan.copies > 1:
+        y = _copies_in(matrix, plan)
+    else:
+        y = _pad_channels(matrix, plan.padded_in)
     if lowering == "group_major":
         y = _stages_group_major(y, kernels, plan.stages)
     elif lowering == "grouped_conv":
         y = _stages_grouped_conv(y, kernels, plan.stages)
     else:
         y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
+    if plan.copies > 1:
+        y = _copies_out(y, matrix, plan, residual)
+        return ops.reshape(y, (*lead, plan.out_channels))
     if plan.padded_out != plan.out_channels:
         y = y[:, : plan.out_channels]
     if residual:

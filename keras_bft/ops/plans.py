@@ -17,6 +17,17 @@ transforms. Channel counts that do not factor well are zero-padded on the input
 and cropped on the output (`padded_in`, `padded_out`): exact, and the waste is
 reported by `ButterflyPlan.padding`.
 
+The paper's rule (`rectangular="paper"`, as in its reference code) is kept
+too: `copies = ceil(max / min)` independent square butterflies on `min(in,
+out)` channels. When `in < out` every copy reads the whole input and their
+outputs are concatenated and cropped to `out`; when `in > out` the input is cut
+into `copies` chunks of `out` channels (the last zero-padded), chunk `c` goes
+through copy `c`, and the results are summed. The copies run as one chain of
+square stages over `copies * n` channels that never mixes the copy digit: it
+starts as the top digit of the channel index and, after the last perfect
+shuffle, ends as the bottom one (output `J * copies + c` is copy `c`'s output
+`J`). `ButterflyPlan.copies` is 1 for every other plan.
+
 Adjacent square stages compose into one block-diagonal stage (`merge`): the
 same function with fewer passes, which is what exporters want.
 """
@@ -24,6 +35,8 @@ same function with fewer passes, which is what exporters want.
 import dataclasses
 import functools
 import math
+
+RECTANGULAR = ("min", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +71,15 @@ class ButterflyPlan:
 
     `padded_in >= in_channels` is what the first stage reads (zero-padded
     input), `padded_out >= out_channels` what the last stage writes (cropped).
+    With `copies > 1` (the paper's in != out rule, see the module docstring)
+    the stages run `copies` square butterflies side by side, and `padded_in`,
+    `padded_out` count all of them.
     """
 
     in_channels: int
     out_channels: int
     stages: tuple
+    copies: int = 1
 
     @property
     def padded_in(self):
@@ -89,6 +106,13 @@ class ButterflyPlan:
     @property
     def padding(self):
         """(input channels of zeros, output channels cropped)."""
+        if self.copies > 1:
+            # Copies read the input `copies` times (in < out) or once in chunks
+            # (in > out), and their outputs are concatenated or summed.
+            wide_in = self.in_channels < self.out_channels
+            reads = self.copies * self.in_channels if wide_in else self.in_channels
+            keeps = self.out_channels if wide_in else self.copies * self.out_channels
+            return (self.padded_in - reads, self.padded_out - keeps)
         return (
             self.padded_in - self.in_channels,
             self.padded_out - self.out_channels,
@@ -119,7 +143,7 @@ class ButterflyPlan:
             )
             groups = part[0].in_channels // group_in
             merged.append(Stage(groups, group_in, group_out))
-        return ButterflyPlan(self.in_channels, self.out_channels, tuple(merged))
+        return ButterflyPlan(self.in_channels, self.out_channels, tuple(merged), self.copies)
 
 
 def _factorizations(n, count, max_factor):
@@ -165,7 +189,9 @@ def auto_radices(n, butterfly_k=4, num_stages=None):
     raise AssertionError("unreachable: k**num_stages always factors")
 
 
-def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None):
+def make_plan(
+    in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None, rectangular="min"
+):
     """Builds the plan of a butterfly transform from `in_channels` to `out_channels`.
 
     Args:
@@ -175,6 +201,9 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
         radices: explicit radices, product equal to `min(in_channels,
             out_channels)`; overrides `butterfly_k`.
         num_stages: explicit number of stages; overrides `butterfly_k`.
+        rectangular: how in != out is built: `"min"` (one butterfly on
+            `min(in, out)` channels with a rectangular first or last stage) or
+            `"paper"` (`ceil(max / min)` square copies, the paper's rule).
 
     Returns:
         A `ButterflyPlan`.
@@ -182,6 +211,10 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    if rectangular not in RECTANGULAR:
+        raise ValueError(
+            f"`rectangular` must be one of {RECTANGULAR}. Received: rectangular={rectangular!r}"
+        )
     core = min(in_channels, out_channels)
     if radices is not None:
         radices = tuple(int(r) for r in radices)
@@ -203,7 +236,12 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
             )
         radices, padded = auto_radices(core, butterfly_k, num_stages)
         # The rectangular stage costs max(in, out) * its radix: give it the smallest.
-        radices = tuple(sorted(radices, reverse=in_channels < out_channels))
+        wide_last = rectangular == "min" and in_channels < out_channels
+        radices = tuple(sorted(radices, reverse=wide_last))
+    if rectangular == "paper" and in_channels != out_channels:
+        copies = -(-max(in_channels, out_channels) // core)
+        stages = tuple(Stage(copies * padded // r, r, r) for r in radices)
+        return ButterflyPlan(in_channels, out_channels, stages, copies)
     stages = [Stage(padded // r, r, r) for r in radices]
     if in_channels > out_channels:
         first = stages[0]
