@@ -172,11 +172,7 @@ class ButterflyFusion(keras.layers.Layer):
                 f"`lowering` must be 'auto' or one of {lowering_lib.LOWERINGS}. "
                 f"Received: lowering={lowering!r}"
             )
-        if rectangular not in plans.RECTANGULAR:
-            raise ValueError(
-                f"`rectangular` must be one of {plans.RECTANGULAR}. "
-                f"Received: rectangular={rectangular!r}"
-            )
+        plans.check_rectangular(rectangular)
         if merge_stages is not None:
             merge_stages = [int(s) for s in merge_stages]
         self.filters = int(filters)

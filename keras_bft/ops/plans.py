@@ -189,6 +189,15 @@ def auto_radices(n, butterfly_k=4, num_stages=None):
     raise AssertionError("unreachable: k**num_stages always factors")
 
 
+def check_rectangular(rectangular):
+    """Validates the `rectangular` argument (plans, ButterflyFusion, builders) and returns it."""
+    if rectangular not in RECTANGULAR:
+        raise ValueError(
+            f"`rectangular` must be one of {RECTANGULAR}. Received: rectangular={rectangular!r}"
+        )
+    return rectangular
+
+
 def make_plan(
     in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None, rectangular="min"
 ):
@@ -211,10 +220,7 @@ def make_plan(
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if rectangular not in RECTANGULAR:
-        raise ValueError(
-            f"`rectangular` must be one of {RECTANGULAR}. Received: rectangular={rectangular!r}"
-        )
+    check_rectangular(rectangular)
     core = min(in_channels, out_channels)
     if radices is not None:
         radices = tuple(int(r) for r in radices)
