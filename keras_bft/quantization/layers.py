@@ -260,13 +260,6 @@ class QuantizedLinear(_QuantizedBase):
                 f"QuantizedLinear). Received: layer={layer.name!r} with activation="
                 f"{keras.activations.serialize(layer.activation)!r}"
             )
-        if isinstance(layer, ButterflyFusion) and layer.plan is not None and layer.plan.copies > 1:
-            # The int8 stage loop below runs one chain; the paper's copies need their own.
-            raise ValueError(
-                "Quantization-aware training supports ButterflyFusion with rectangular='min' "
-                f"(or in == out) only. Received: layer={layer.name!r} with "
-                f"rectangular={layer.rectangular!r}"
-            )
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise ValueError(
                 "Quantized layers need channels_last data (TFLite runs NHWC). Received: "
@@ -313,6 +306,13 @@ class QuantizedLinear(_QuantizedBase):
 
     def _butterfly_plan(self):
         plan = self.layer.plan
+        if plan.copies > 1:
+            # The int8 stage loop runs one chain; the paper's copies need their own.
+            raise ValueError(
+                "Quantization-aware training supports ButterflyFusion with rectangular='min' "
+                f"(or in == out) only. Received: layer={self.layer.name!r} with "
+                f"rectangular={self.layer.rectangular!r}"
+            )
         if self.layer.merge_stages is not None:
             plan = plan.merge(self.layer.merge_stages)
         return plan
