@@ -77,6 +77,7 @@ class Experiment:
     def __init__(self, args):
         self.args = args
         self.rows = []
+        self.fit_reports = {}
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         dataset = data_lib.load_fashion_mnist()
         x_train, y_train, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
@@ -132,7 +133,10 @@ class Experiment:
 
     def swap(self, teacher, init, **kwargs):
         keras.utils.set_random_seed(self.args.seed)
-        model = keras_bft.replace_pointwise(teacher, init=init, **kwargs)
+        model, report = keras_bft.replace_pointwise(teacher, init=init, return_report=True, **kwargs)
+        if not kwargs and init not in self.fit_reports:  # the per-layer errors of the default swap
+            self.fit_reports[init] = report.to_markdown()
+            print(report, flush=True)
         return model, _accuracy(model, self.x_test, self.y_test)
 
     def scratch(self, names):
@@ -232,13 +236,13 @@ def _machine():
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
 
 
-def write_results(rows, args, source, seconds):
+def write_results(rows, args, source, seconds, fit_reports):
     os.makedirs(args.output_dir, exist_ok=True)
     command = "python benchmarks/pretrained.py " + " ".join(sys.argv[1:])
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"command": command, "source": source, "machine": _machine(),
                    "date": datetime.date.today().isoformat(), "seconds": seconds,
-                   "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+                   "rows": [dataclasses.asdict(r) for r in rows], "swap_reports": fit_reports}, f, indent=1)
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {_machine()}: `{command}` ({seconds / 60:.0f} min).",
         f"{source}.",
@@ -250,6 +254,9 @@ def write_results(rows, args, source, seconds):
         start = "" if r.start_accuracy is None else f"{r.start_accuracy:.4f}"
         ms = "" if r.int8_ms is None else f"{r.int8_ms:.3f}"
         lines.append(f"| {r.variant} | {r.epochs} | {r.macs:,} | {r.params:,} | {start} | {r.accuracy:.4f} | {ms} |")
+    for init, table in fit_reports.items():
+        lines += ["", f"The swap with init={init!r}, per layer (error: relative Frobenius error to the trained kernel):",
+                  "", table]
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
@@ -308,7 +315,7 @@ def main(argv=None):
     start = time.perf_counter()
     experiment = Experiment(args)
     rows = experiment.run()
-    write_results(rows, args, experiment.source, time.perf_counter() - start)
+    write_results(rows, args, experiment.source, time.perf_counter() - start, experiment.fit_reports)
     return rows
 
 
