@@ -333,12 +333,15 @@ def test_distillation_moves_the_student_toward_the_teacher(feature_layers):
     kl_before, agree_before = distance()
     teacher_weights = _weights(teacher)
     distiller = keras_bft.Distiller(student, teacher, temperature=2.0, alpha=0.9, feature_layers=feature_layers)
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     history = distiller.fit(x, y, batch_size=32, epochs=8, verbose=0, callbacks=[keras.callbacks.History()])
     losses = history.history["loss"]
     assert losses[-1] < 0.6 * losses[0], losses
     kl_after, agree_after = distance()
-    assert kl_after < 0.5 * kl_before and agree_after > agree_before + 0.1, (kl_before, kl_after, agree_before, agree_after)
+    # KL(teacher || student) at least halves; top-1 agreement ends high (where it starts depends on the backend's RNG).
+    assert kl_after < 0.5 * kl_before and agree_after >= 0.75, (kl_before, kl_after, agree_before, agree_after)
     for a, b in zip(teacher_weights, _weights(teacher)):
         np.testing.assert_array_equal(a, b)  # the teacher is never trained
 
