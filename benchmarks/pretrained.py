@@ -80,13 +80,9 @@ class Experiment:
         self.fit_reports = {}
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         dataset = data_lib.load_fashion_mnist()
-        x_train, y_train, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
-        if args.train_per_class:
-            keep = data_lib.stratified_indices(y_train, args.train_per_class)
-            x_train, y_train = x_train[keep], y_train[keep]
-        if args.test_per_class:
-            keep = data_lib.stratified_indices(y_test, args.test_per_class, seed=1)
-            x_test, y_test = x_test[keep], y_test[keep]
+        x_train, y_train, x_test, y_test = data_lib.subset_per_class(
+            dataset, args.train_per_class, args.test_per_class
+        )
         self.x_train, self.x_test = data_lib.prepare_images(x_train), data_lib.prepare_images(x_test)
         self.y_train, self.y_test = y_train, y_test
         self.source = data_lib.describe_source(dataset)
