@@ -362,3 +362,156 @@ def test_mirrored_strategy_matches_single_device():
     moved, diff = float(line.split()[1]), float(line.split()[3])
     assert moved > 1e-2  # the SGD step really changed the weights
     assert diff < 1e-3 * moved, line  # float32 reduction order only
+
+
+# ---------------------------------------------------------------- keras.applications parity (issue 12)
+
+OPEN_SIZE = [
+    (applications.MobileNetV1BFT, keras.applications.MobileNet),
+    (applications.MobileNetV2BFT, keras.applications.MobileNetV2),
+    (applications.ShuffleNetV2BFT, None),
+    (applications.MobileNetV3SmallBFT, keras.applications.MobileNetV3Small),
+]
+
+
+@pytest.mark.parametrize("builder, reference", OPEN_SIZE)
+def test_no_input_shape_without_top_leaves_the_size_open(builder, reference):
+    ours = builder(include_top=False, width=0.5 if builder is not applications.MobileNetV1BFT else 0.25)
+    assert ours.input_shape == (None, None, None, 3)
+    if reference is not None:
+        alpha = 0.25 if reference is keras.applications.MobileNet else 0.5 if reference is keras.applications.MobileNetV2 else 0.75
+        assert reference(include_top=False, weights=None, alpha=alpha).input_shape == ours.input_shape
+    # With the classifier the default stays 224x224 (MobileNetV3: open, as in keras.applications).
+    if builder is not applications.MobileNetV3SmallBFT:
+        assert builder(width=0.5, fusion="pointwise").input_shape == (None, 224, 224, 3)
+
+
+def test_mobilenet_v3_dropout_rate_as_in_keras_applications():
+    ours = applications.MobileNetV3SmallBFT(input_shape=(64, 64, 3), dropout_rate=0.35, fusion="pointwise")
+    keras_model = keras.applications.MobileNetV3Small(input_shape=(64, 64, 3), dropout_rate=0.35, weights=None)
+    rates = lambda model: [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)]  # noqa: E731
+    assert rates(ours) == rates(keras_model) == [0.35]
+    assert rates(applications.MobileNetV3LargeBFT(input_shape=(64, 64, 3), dropout=0.35, dropout_rate=0.35)) == [0.35]
+    assert rates(applications.MobileNetV3LargeBFT(input_shape=(64, 64, 3))) == [0.2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, ok",
+    [
+        (dict(width=1.0, alpha=0.5), False),  # used to slip through: width=1.0 is the default
+        (dict(width=0.5, alpha=0.5), True),
+        (dict(alpha=0.5), True),
+        (dict(width=0.5), True),
+    ],
+)
+def test_width_and_alpha(kwargs, ok):
+    if not ok:
+        with pytest.raises(ValueError, match="alpha=0.5"):
+            applications.MobileNetV2BFT(input_shape=(32, 32, 3), **kwargs)
+        return
+    model = applications.MobileNetV2BFT(input_shape=(32, 32, 3), classes=10, **kwargs)
+    assert model.get_layer("Conv1").filters == 16  # make_divisible(32 * 0.5)
+
+
+def test_preprocess_input_and_decode_predictions_per_family():
+    from keras_bft.applications import mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v2
+
+    assert mobilenet_v1.preprocess_input is keras.applications.mobilenet.preprocess_input
+    assert mobilenet_v2.preprocess_input is keras.applications.mobilenet_v2.preprocess_input
+    assert mobilenet_v3.preprocess_input is keras.applications.mobilenet_v3.preprocess_input
+    for module, reference in (
+        (mobilenet_v1, keras.applications.mobilenet),
+        (mobilenet_v2, keras.applications.mobilenet_v2),
+        (mobilenet_v3, keras.applications.mobilenet_v3),
+        (shufflenet_v2, keras.applications.imagenet_utils),
+    ):
+        assert module.decode_predictions is reference.decode_predictions
+    pixels = np.array([[[[0.0, 127.5, 255.0]]]], dtype="float32")
+    np.testing.assert_allclose(shufflenet_v2.preprocess_input(pixels.copy()), [[[[-1.0, 0.0, 1.0]]]])
+
+
+# ---------------------------------------------------------------- select and rectangular in the builders
+
+
+def test_builders_select_which_1x1s_become_butterflies():
+    names = ["block_1_expand", "block_16_project"]
+    model = small_model("v2", select=names)
+    fused = sorted(l.name for l in model.layers if isinstance(l, ButterflyFusion))
+    assert fused == sorted(names)
+    # The others are the pointwise twin's Conv2D 1x1s.
+    assert isinstance(model.get_layer("block_2_expand"), keras.layers.Conv2D)
+    wide = small_model("shufflenet_v2", select=lambda site: min(site.in_channels, site.out_channels) >= 48)
+    for layer in wide.layers:
+        if isinstance(layer, ButterflyFusion):
+            assert min(layer.plan.in_channels, layer.plan.out_channels) >= 48
+    assert any(isinstance(l, ButterflyFusion) for l in wide.layers)
+    assert any(
+        isinstance(l, keras.layers.Conv2D) and l.kernel_size == (1, 1) and "pointwise" in l.name for l in wide.layers
+    )
+    with pytest.raises(ValueError, match="no_such_layer"):
+        small_model("v1", select=["conv_pw_1", "no_such_layer"])
+
+
+@pytest.mark.parametrize("family", ["v1", "v2", "shufflenet_v2"])
+def test_paper_rule_builders_equal_their_dense_oracle(family):
+    model = small_model(family, rectangular="paper")
+    fused = [l for l in model.layers if isinstance(l, ButterflyFusion)]
+    assert any(l.plan.copies > 1 for l in fused)
+    assert all(l.plan.copies == 1 for l in fused if l.plan.in_channels == l.plan.out_channels)
+    probe = keras.Model(model.input, [l.input for l in fused])
+    x, _ = random_batch(batch=2)
+    for layer, layer_input in zip(fused, probe(x, training=False)):
+        layer_input = keras.ops.convert_to_numpy(layer_input)
+        want = layer_input @ layer.dense_kernel()
+        got = keras.ops.convert_to_numpy(layer(layer_input))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=layer.name)
+
+
+# arXiv 1906.02256, Table 1(c) / appendix Table 4: MobileNetV1+BFT (k = 4) configurations and their FLOPs.
+PAPER_TABLE_1 = [(1.0, 96, 14), (1.0, 128, 23), (1.0, 160, 35), (1.0, 192, 51), (2.0, 128, 52), (2.0, 192, 112), (2.0, 224, 150)]
+
+
+def _reference_convention(model, rows):
+    """count_macs with every stage of each square copy counted as n * k MACs (k = 4).
+
+    The reference code gives each of the ceil(log_4 n) stages of an n-channel
+    block 4 * n weights (sharing some when n is not a power of 4); our plans
+    use smaller radices there (32 channels: 4 x 4 x 2, 320 MACs instead of
+    384).
+    """
+    total = sum(r["macs"] for r in rows)
+    for row in rows:
+        if row["type"] == "ButterflyFusion":
+            plan = model.get_layer(row["name"]).plan
+            n = min(plan.in_channels, plan.out_channels)
+            positions = row["macs"] // plan.macs
+            total += positions * (plan.copies * n * 4 * plan.num_stages - plan.macs)
+    return total
+
+
+@pytest.mark.parametrize("width, size, published", PAPER_TABLE_1)
+def test_mobilenet_v1_paper_rule_matches_the_papers_flops(width, size, published):
+    from keras_bft.utils import count_macs
+
+    model = applications.MobileNetV1BFT(input_shape=(size, size, 3), width=width, rectangular="paper")
+    total, rows = count_macs(model, breakdown=True)
+    # Our radices: within 8%. The reference's stage count: within 6%; the remaining gap
+    # (width 2.0 about 3M below at every size) is documented in docs/applications.md.
+    assert abs(total / 1e6 - published) / published < 0.08, total
+    assert abs(_reference_convention(model, rows) / 1e6 - published) / published < 0.06
+    # The paper's rule costs more than the default one wherever in != out.
+    assert total > count_macs(applications.MobileNetV1BFT(input_shape=(size, size, 3), width=width))
+
+
+def test_paper_rule_model_exports_exactly(tmp_path):
+    from keras_bft import tflite
+
+    model = small_model("v1", rectangular="paper", classifier_activation=None)
+    data = tflite.convert(model)
+    x, _ = random_batch(batch=2)
+    report = tflite.verify(data, model, [x[i : i + 1] for i in range(2)], check_delegation=False)
+    assert report.max_rel_error < 1e-4
+    with pytest.raises(ValueError, match="rectangular='paper'"):
+        from keras_bft import quantization
+
+        quantization.quantize_model(model)

@@ -1,4 +1,4 @@
-"""The backend-agnostic layer tests, rerun on the JAX backend in a fresh process.
+"""The backend-agnostic tests (layer, plans, replace_pointwise and Distiller), rerun on JAX in a fresh process.
 
 Keras picks its backend once per process, so JAX gets a subprocess of its own.
 """
@@ -21,6 +21,7 @@ def test_layer_suite_passes_on_jax():
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             os.path.join(HERE, "test_butterfly_fusion.py"),
             os.path.join(HERE, "test_plans.py"),
+            os.path.join(HERE, "test_replace.py"),
         ],
         env=env,
         capture_output=True,

@@ -138,7 +138,38 @@ LAYER_CASES = [
 
 # ------------------------------------------------------------------ builders (keras_bft.applications)
 
-BUILDER_CASES = []
+def _builder(name, **kwargs):
+    from keras_bft import applications
+
+    return lambda ctx: getattr(applications, name)(**kwargs)
+
+
+BUILDER_CASES = [
+    Case("v1-width-inf", _builder("MobileNetV1BFT", width=float("inf")), ValueError, ("width", "inf")),
+    Case("v1-width-nan", _builder("MobileNetV1BFT", width=float("nan")), ValueError, ("width", "nan")),
+    Case("v1-alpha-inf", _builder("MobileNetV1BFT", alpha=float("inf")), ValueError, ("alpha", "inf")),
+    Case("v1-width-1-and-alpha", _builder("MobileNetV1BFT", width=1.0, alpha=0.5), ValueError, ("alpha", "0.5")),
+    Case("v1-width-too-small", _builder("MobileNetV1BFT", width=0.01), ValueError, ("width", "0.01")),
+    Case("v2-input-shape-str", _builder("MobileNetV2BFT", input_shape="abc"), ValueError, ("input_shape", "'abc'")),
+    Case("v2-input-shape-zero-channels", _builder("MobileNetV2BFT", input_shape=(32, 32, 0)), ValueError,
+         ("input_shape", "(32, 32, 0)")),
+    Case("v2-input-shape-rank-2", _builder("MobileNetV2BFT", input_shape=(32, 32)), ValueError,
+         ("input_shape", "(32, 32)")),
+    Case("v3-input-shape-negative", _builder("MobileNetV3SmallBFT", input_shape=(-32, 32, 3)), ValueError,
+         ("input_shape", "(-32, 32, 3)")),
+    Case("v3-input-shape-float", _builder("MobileNetV3LargeBFT", input_shape=(32.5, 32, 3)), ValueError,
+         ("input_shape", "(32.5, 32, 3)")),
+    Case("v3-dropout-and-dropout-rate", _builder("MobileNetV3SmallBFT", dropout=0.1, dropout_rate=0.3), ValueError,
+         ("dropout_rate", "0.3")),
+    Case("shufflenet-width-too-small", _builder("ShuffleNetV2BFT", width=0.01), ValueError, ("width", "0.01")),
+    Case("v2-rectangular-unknown", _builder("MobileNetV2BFT", rectangular="max"), ValueError,
+         ("rectangular", "'max'")),
+    Case("v2-select-string", _builder("MobileNetV2BFT", select="block_1_expand"), ValueError,
+         ("select", "'block_1_expand'")),
+    Case("v2-select-unknown-name", _builder("MobileNetV2BFT", input_shape=(32, 32, 3), width=0.35,
+                                             select=["block_1_expand", "no_such_layer"]), ValueError,
+         ("select", "no_such_layer")),
+]
 
 # ------------------------------------------------------------------ convert (keras_bft.tflite.convert)
 

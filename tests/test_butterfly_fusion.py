@@ -44,8 +44,9 @@ def _expected(layer, x):
     lowering=st.sampled_from(("auto",) + LOWERINGS),
     residual=st.booleans(),
     use_bias=st.booleans(),
+    rectangular=st.sampled_from(["min", "paper"]),
 )
-def test_layer_equals_dense_oracle(cin, cout, k, rank, data_format, lowering, residual, use_bias):
+def test_layer_equals_dense_oracle(cin, cout, k, rank, data_format, lowering, residual, use_bias, rectangular):
     spatial = (3, 2, 2)[: rank - 2]
     shape = (2, cin) + spatial if data_format == "channels_first" else (2,) + spatial + (cin,)
     layer = ButterflyFusion(
@@ -56,6 +57,7 @@ def test_layer_equals_dense_oracle(cin, cout, k, rank, data_format, lowering, re
         bias_initializer="random_normal",
         data_format=data_format,
         lowering=lowering,
+        rectangular=rectangular,
     )
     x = _inputs(shape, seed=cin * 41 + cout)
     y = ops.convert_to_numpy(layer(x))
@@ -79,9 +81,12 @@ def test_square_transform_is_fully_connected():
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("cin, cout", [(24, 24), (12, 30), (30, 12)])
-def test_gradients_match_the_oracle(lowering, cin, cout):
-    layer = ButterflyFusion(cout, butterfly_k=3, lowering=lowering, residual=True)
+@pytest.mark.parametrize(
+    "cin, cout, rectangular",
+    [(24, 24, "min"), (12, 30, "min"), (30, 12, "min"), (12, 30, "paper"), (30, 12, "paper")],
+)
+def test_gradients_match_the_oracle(lowering, cin, cout, rectangular):
+    layer = ButterflyFusion(cout, butterfly_k=3, lowering=lowering, residual=True, rectangular=rectangular)
     x = _inputs((4, cin), seed=1)
     g_y = _inputs((4, cout), seed=2)
     layer.build(x.shape)
@@ -193,6 +198,7 @@ def test_config_round_trip_keeps_every_argument():
         kernel_initializer="he_normal",
         kernel_regularizer="l2",
         bias_constraint="non_neg",
+        rectangular="paper",
         name="bft",
     )
     clone = ButterflyFusion.from_config(layer.get_config())
@@ -254,6 +260,7 @@ def test_mixed_precision(policy):
         ({"filters": 8, "num_stages": 8}, r"at most 4 stages for 8.*num_stages=8"),
         ({"filters": 8, "num_stages": 30}, r"num_stages=30"),
         ({"filters": 8, "num_stages": 2.0}, r"num_stages=2.0"),
+        ({"filters": 8, "rectangular": "max"}, "rectangular='max'"),
     ],
 )
 def test_bad_arguments_raise_value_error_echoing_the_value(kwargs, match):

@@ -27,10 +27,12 @@ def test_quickstart(capsys):
 
 
 def test_replace_pointwise(capsys):
-    module = load_example("replace_pointwise")
-    bft = module.main(["--size", "32", "--alpha", "0.35"])
+    bft = load_example("replace_pointwise").main(["--size", "32", "--alpha", "0.35"])
     original = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
-    pointwise = [l.name for l in original.layers if module.is_pointwise(l)]
+    pointwise = [
+        l.name for l in original.layers
+        if type(l) is keras.layers.Conv2D and l.kernel_size == (1, 1) and l.strides == (1, 1)
+    ]
     # Oracle: keras.applications' own layer list. 17 blocks have a project conv, 16 an expand, plus Conv_1.
     assert len(pointwise) == 34
     assert len(bft.layers) == len(original.layers)
@@ -78,3 +80,20 @@ def test_train_on_image_folder_then_convert(tmp_path, capsys):
     assert report.top1_agreement is not None and report.snr_db > 10
     assert {r["threads"] for r in rows} == {1, 2} and all(r["median_ms"] > 0 for r in rows)
     assert "Wrote" in capsys.readouterr().out
+
+
+def test_pretrained_to_bft(tmp_path, capsys):
+    out = load_example("pretrained_to_bft").main(
+        ["--width", "0.35", "--epochs", "1", "--distill-epochs", "2", "--train-per-class", "8",
+         "--test-per-class", "8", "--batch-size", "40", "--eager", "--output-dir", str(tmp_path)]
+    )
+    report = out["report"]
+    # MobileNetV2 0.35 at 32x32: the 1x1s with >= 64 in and out channels (block_16_project, Conv_1).
+    assert {r.path for r in report.layers} >= {"block_16_project", "Conv_1"}
+    assert all(0 < r.rel_error < 2 for r in report.layers)
+    assert out["distill_loss"][-1] < out["distill_loss"][0]
+    assert all(0.0 <= out[k] <= 1.0 for k in ("teacher_accuracy", "swapped_accuracy", "student_accuracy"))
+    loaded = keras.saving.load_model(str(tmp_path / "bft.keras"), safe_mode=True)
+    assert isinstance(loaded.get_layer("Conv_1"), keras_bft.ButterflyFusion)
+    assert os.path.getsize(out["tflite_path"]) > 0 and out["verify"].snr_db > 10
+    assert "Right after the swap" in capsys.readouterr().out

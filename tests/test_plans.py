@@ -228,3 +228,43 @@ def test_merge_stages_check_is_shared():
         plan.merge((1.9, 2.2))
     with pytest.raises(ValueError, match=r"merge_stages=\[1, 1\] \(sum 2\)"):
         arguments.check_merge_stages([1, 1], plan.num_stages)
+# ---------------------------------------------------------------- the paper's in != out rule
+
+
+def _paper_definition(kernels, plan):
+    """The reference code's construction, from square butterflies: concatenate and crop, or sum chunks."""
+    from keras_bft.ops import fit
+
+    n = min(plan.in_channels, plan.out_channels)
+    sub_stages, per_copy = fit.split_kernels(kernels, plan.stages, plan.copies)
+    square = plans.ButterflyPlan(n, n, tuple(sub_stages))
+    blocks = [oracle.dense_matrix(k, square, residual=True) for k in per_copy]
+    if plan.in_channels < plan.out_channels:
+        return np.concatenate(blocks, axis=1)[:, : plan.out_channels]
+    chunks = np.concatenate(blocks, axis=0)  # chunk c of the (zero-padded) input goes through copy c
+    return chunks[: plan.in_channels]
+
+
+@settings(max_examples=40, deadline=None)
+@given(cin=st.integers(1, 70), cout=st.integers(1, 70), k=st.integers(2, 6))
+def test_paper_rule_is_square_copies(cin, cout, k):
+    plan = plans.make_plan(cin, cout, butterfly_k=k, rectangular="paper")
+    n = min(cin, cout)
+    assert plan.copies == -(-max(cin, cout) // n)
+    assert plan.radices == plans.make_plan(n, n, butterfly_k=k).radices
+    assert plan.macs == plan.copies * plans.make_plan(n, n, butterfly_k=k).macs
+    kernels = _random_kernels(plan, seed=cin * 100 + cout)
+    dense = oracle.dense_matrix(kernels, plan, residual=True)
+    np.testing.assert_allclose(dense, _paper_definition(kernels, plan), atol=1e-9)
+    # Without the residual every output still depends on every input.
+    assert np.all(oracle.dense_matrix(kernels, plan) != 0)
+
+
+def test_paper_rule_macs_side_by_side():
+    # MobileNetV1's conv_pw_2 at width 1.0 (64 -> 128) and a MobileNetV2 project (576 -> 96).
+    assert plans.make_plan(64, 128, rectangular="paper").macs == 2 * 64 * (4 + 4 + 4)
+    assert plans.make_plan(64, 128).macs == 64 * (4 + 4) + 128 * 4
+    assert plans.make_plan(576, 96, rectangular="paper").macs == 6 * 96 * (4 + 4 + 3 + 2)
+    assert plans.make_plan(96, 96, rectangular="paper") == plans.make_plan(96, 96)
+    with pytest.raises(ValueError, match="rectangular='max'"):
+        plans.make_plan(8, 16, rectangular="max")

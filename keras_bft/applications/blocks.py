@@ -16,6 +16,7 @@ keep their FC layer). See docs/applications.md.
 """
 
 import dataclasses
+import math
 import numbers
 import os
 
@@ -27,6 +28,8 @@ from keras_bft.applications.layers import ChannelSplit
 from keras_bft.layers import data_format as data_format_lib
 from keras_bft.layers.butterfly_fusion import ButterflyFusion
 from keras_bft.ops import arguments
+from keras_bft.ops import plans
+from keras_bft.utils import selection
 
 FUSIONS = ("butterfly", "pointwise")
 POOLINGS = (None, "avg", "max")
@@ -74,6 +77,32 @@ class FusionSpec:
     butterfly_k: int = 4
     radices: object = None
     num_stages: int = None
+    # Which fusion sites become butterflies (a `selection.Selection`; None: all).
+    select: object = None
+    rectangular: str = "min"
+
+    def selects(self, in_channels, filters, name, kind="Conv2D", layer=None, path=None):
+        """Whether the fusion site `name` becomes a butterfly."""
+        if self.fusion == "pointwise":
+            return False
+        if self.select is None:
+            return True
+        return self.select(
+            selection.PointwiseSite(name, path or name, int(in_channels), int(filters), kind, layer)
+        )
+
+    def butterfly(self, in_channels, filters, name, **kwargs):
+        """The `ButterflyFusion` of this spec for one site (not yet called)."""
+        radices = self.radices_for(in_channels, filters, name)
+        return ButterflyFusion(
+            filters,
+            butterfly_k=self.butterfly_k,
+            radices=radices,
+            num_stages=self.num_stages if radices is None else None,
+            rectangular=self.rectangular,
+            name=name,
+            **kwargs,
+        )
 
     def radices_for(self, in_channels, filters, name):
         if self.radices is None:
@@ -103,35 +132,47 @@ def _product(values):
 is_int = arguments.is_int
 
 
-def fusion_spec(fusion, butterfly_k=4, radices=None, num_stages=None):
+def fusion_spec(fusion, butterfly_k=4, radices=None, num_stages=None, select=None, rectangular="min"):
     """Validates the fusion arguments of a builder and returns a `FusionSpec`.
 
     The butterfly arguments go through `keras_bft.ops.arguments`, the same
-    check as `ButterflyFusion` and `make_plan`.
+    check as `ButterflyFusion` and `make_plan`. `select` is a
+    `selection.Selection`, or a user's `select` argument (None: every site).
     """
     if fusion not in FUSIONS:
         raise ValueError(f"`fusion` must be one of {FUSIONS}. Received: fusion={fusion!r}")
     butterfly_k, radices, num_stages = arguments.check_butterfly(
         butterfly_k, radices, num_stages, allow_dict=True
     )
-    return FusionSpec(fusion, butterfly_k, radices, num_stages)
+    plans.check_rectangular(rectangular)
+    if select is not None and not isinstance(select, selection.Selection):
+        select = selection.Selection(select, default=selection.every_site)
+    return FusionSpec(fusion, butterfly_k, radices, num_stages, select, rectangular)
 
 
 def check_common_args(width, alpha, include_top, weights, pooling, classes):
     """Validates the keras.applications arguments; returns the width.
 
-    `alpha` is keras.applications' name for `width`; passing both with
-    different values is an error.
+    `alpha` is keras.applications' name for `width` (default 1.0 when neither
+    is given); passing both with different values is an error.
     """
-    if alpha is not None:
-        if width != 1.0 and width != alpha:
-            raise ValueError(
-                "`alpha` is an alias of `width`; pass one of them. "
-                f"Received: width={width!r}, alpha={alpha!r}"
-            )
-        width = alpha
-    if not isinstance(width, numbers.Real) or isinstance(width, bool) or not width > 0:
-        raise ValueError(f"`width` must be a positive number. Received: width={width!r}")
+    if width is None:
+        width = 1.0 if alpha is None else alpha
+        name = "width" if alpha is None else "alpha"
+    elif alpha is not None and alpha != width:
+        raise ValueError(
+            "`alpha` is an alias of `width`; pass one of them. "
+            f"Received: width={width!r}, alpha={alpha!r}"
+        )
+    else:
+        name = "width"
+    if (
+        not isinstance(width, numbers.Real)
+        or isinstance(width, bool)
+        or not math.isfinite(width)
+        or not width > 0
+    ):
+        raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={width!r}")
     if not isinstance(include_top, bool):
         raise ValueError(f"`include_top` must be a boolean. Received: include_top={include_top!r}")
     if weights is not None:
@@ -154,7 +195,8 @@ def image_input(input_shape, input_tensor, default_size, min_size=32):
     """The model input: returns `(tensor to build on, model inputs, rows)`.
 
     `default_size=None` leaves the spatial size open (`(None, None, 3)`), as
-    keras.applications does for MobileNetV3.
+    keras.applications does for MobileNetV3, and for the other families
+    without their classifier.
     """
     channels_first = keras.config.image_data_format() == "channels_first"
     if input_tensor is not None:
@@ -166,18 +208,25 @@ def image_input(input_shape, input_tensor, default_size, min_size=32):
         input_shape = tuple(input_tensor.shape[1:])
     elif input_shape is None:
         input_shape = (3, default_size, default_size) if channels_first else (default_size, default_size, 3)
-    if len(tuple(input_shape)) != 3:
+    shown = input_shape
+    if (
+        isinstance(input_shape, (str, bytes))
+        or not hasattr(input_shape, "__len__")
+        or len(input_shape) != 3
+        or not all(d is None or (is_int(d) and d > 0) for d in input_shape)
+    ):
         raise ValueError(
             "`input_shape` must be (rows, cols, channels) (channels_last) or "
-            f"(channels, rows, cols) (channels_first). Received: input_shape={input_shape!r}"
+            "(channels, rows, cols) (channels_first) of positive integers (None for an open "
+            f"size). Received: input_shape={shown!r}"
         )
-    input_shape = tuple(input_shape)
+    input_shape = tuple(None if d is None else int(d) for d in input_shape)
     rows, cols = input_shape[1:] if channels_first else input_shape[:2]
     channels = input_shape[0] if channels_first else input_shape[2]
     if channels is None or any(d is not None and d < min_size for d in (rows, cols)):
         raise ValueError(
             f"`input_shape` needs a known channel count and rows and cols >= {min_size}. "
-            f"Received: input_shape={input_shape!r}"
+            f"Received: input_shape={shown!r}"
         )
     if input_tensor is not None:
         sources = keras.utils.get_source_inputs(input_tensor)
@@ -186,8 +235,14 @@ def image_input(input_shape, input_tensor, default_size, min_size=32):
     return tensor, tensor, rows
 
 
-def finish_model(inputs, outputs, name, weights):
-    """The `keras.Model`, with the weights file loaded when one is given."""
+def finish_model(inputs, outputs, name, weights, spec=None):
+    """The `keras.Model`, with the weights file loaded when one is given.
+
+    With `spec`, first checks that every layer name its `select` lists was a
+    fusion site.
+    """
+    if spec is not None and spec.select is not None and spec.fusion == "butterfly":
+        spec.select.check_names()
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
         model.load_weights(weights)
@@ -208,24 +263,18 @@ def fusion_1x1(x, filters, spec, name):
     Args:
         x: feature map.
         filters: output channels.
-        spec: a `FusionSpec` (which fusion; the butterfly plan arguments).
+        spec: a `FusionSpec` (which fusion and sites; the butterfly plan
+            arguments).
         name: layer name (the same in both twins).
 
     Returns:
         The output tensor (no BN, no activation: the caller adds them, as for
         the conv it replaces).
     """
-    if spec.fusion == "pointwise":
-        return layers.Conv2D(filters, 1, padding="same", use_bias=False, name=name)(x)
     in_channels = x.shape[channel_axis()]
-    radices = spec.radices_for(in_channels, filters, name)
-    return ButterflyFusion(
-        filters,
-        butterfly_k=spec.butterfly_k,
-        radices=radices,
-        num_stages=spec.num_stages if radices is None else None,
-        name=name,
-    )(x)
+    if not spec.selects(in_channels, filters, name):
+        return layers.Conv2D(filters, 1, padding="same", use_bias=False, name=name)(x)
+    return spec.butterfly(in_channels, filters, name)(x)
 
 
 def activation(x, kind, name_prefix):
@@ -408,6 +457,18 @@ def dense_classifier(x, classes, classifier_activation, dropout=0.0):
     return layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
 
 
+def dropout_alias(dropout, dropout_rate, default):
+    """MobileNetV3's dropout: `dropout` or keras.applications' `dropout_rate`, not both differently."""
+    if dropout is None:
+        return default if dropout_rate is None else check_rate("dropout_rate", dropout_rate)
+    if dropout_rate is not None and dropout_rate != dropout:
+        raise ValueError(
+            "`dropout_rate` is an alias of `dropout`; pass one of them. "
+            f"Received: dropout={dropout!r}, dropout_rate={dropout_rate!r}"
+        )
+    return check_rate("dropout", dropout)
+
+
 def check_rate(name, value):
     """A dropout rate in [0, 1)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1:
@@ -416,10 +477,13 @@ def check_rate(name, value):
 
 
 COMMON_ARGS_DOC = """        input_shape: optional `(rows, cols, channels)` (channels_last) or
-            `(channels, rows, cols)`; rows and cols >= 32, any channel count.
-            Ignored when `input_tensor` is given.
-        width: width multiplier of the channel counts (keras.applications'
-            `alpha`, also accepted as `alpha=`).
+            `(channels, rows, cols)`; rows and cols >= 32 (or None), any
+            channel count. Default as in keras.applications: `(None, None, 3)`
+            for MobileNetV3 and for every family without the classifier,
+            else 224x224x3. Ignored when `input_tensor` is given.
+        width: width multiplier of the channel counts (default 1.0;
+            keras.applications' `alpha`, also accepted as `alpha=`; both with
+            different values raise).
         include_top: whether to include the classifier.
         weights: `None` (random initialization) or the path of a weights file
             to load. There are no pretrained BFT weights: anything else, e.g.
@@ -441,4 +505,12 @@ COMMON_ARGS_DOC = """        input_shape: optional `(rows, cols, channels)` (cha
             others to `butterfly_k` / `num_stages`.
         num_stages: explicit number of stages of every `ButterflyFusion`.
         name: model name.
+        select: which channel-fusion 1x1s become butterflies: `None` (all of
+            them, the paper's models), a list of layer names, or a function
+            of a `keras_bft.utils.selection.PointwiseSite` (name,
+            in_channels, out_channels) returning a bool; the others stay
+            `Conv2D` 1x1s. As in `keras_bft.replace_pointwise`.
+        rectangular: how a butterfly with in != out channels is built:
+            `"min"` (cost follows min(in, out)) or `"paper"` (the paper's
+            square copies; see docs/applications.md).
         The butterfly arguments are ignored with `fusion="pointwise"`."""

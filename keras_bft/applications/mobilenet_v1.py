@@ -7,9 +7,14 @@ conv on the pooled 1x1 map, i.e. a Dense layer) stay dense. With
 (same names, shapes and parameter count).
 """
 
+import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+
+# The same input scaling and ImageNet decoding as keras.applications.mobilenet.
+preprocess_input = keras.applications.mobilenet.preprocess_input
+decode_predictions = keras.applications.mobilenet.decode_predictions
 
 # (pointwise filters at width 1.0, depthwise stride) of conv blocks 1..13.
 _BLOCKS = (
@@ -31,7 +36,7 @@ _BLOCKS = (
 
 def MobileNetV1BFT(
     input_shape=None,
-    width=1.0,
+    width=None,
     include_top=True,
     weights=None,
     input_tensor=None,
@@ -47,6 +52,8 @@ def MobileNetV1BFT(
     depth_multiplier=1,
     dropout=1e-3,
     alpha=None,
+    select=None,
+    rectangular="min",
 ):
     """Instantiates MobileNetV1 whose pointwise convs are butterfly transforms.
 
@@ -65,13 +72,20 @@ def MobileNetV1BFT(
     'ButterflyFusion'
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
-    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages)
+    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
     if not blocks.is_int(depth_multiplier) or depth_multiplier < 1:
         raise ValueError(
             f"`depth_multiplier` must be a positive integer. Received: depth_multiplier={depth_multiplier!r}"
         )
+    if int(32 * width) < 1:
+        raise ValueError(
+            "`width` must be at least 1/32 for MobileNetV1 (its stem has int(32 * width) filters). "
+            f"Received: width={width!r}"
+        )
     dropout = blocks.check_rate("dropout", dropout)
-    image, inputs, rows = blocks.image_input(input_shape, input_tensor, default_size=224)
+    image, inputs, rows = blocks.image_input(
+        input_shape, input_tensor, default_size=224 if include_top else None
+    )
 
     x = blocks.conv_bn(image, int(32 * width), 3, 2, "conv1", "conv1_bn", blocks.BN_V1)
     x = blocks.activation(x, "relu6", "conv1")
@@ -84,7 +98,7 @@ def MobileNetV1BFT(
     else:
         x = blocks.pooled(x, pooling)
     name = name or blocks.default_name("mobilenet_v1", fusion, width, rows)
-    return blocks.finish_model(inputs, x, name, weights)
+    return blocks.finish_model(inputs, x, name, weights, spec)
 
 
 MobileNetV1BFT.__doc__ = MobileNetV1BFT.__doc__.format(common=blocks.COMMON_ARGS_DOC)

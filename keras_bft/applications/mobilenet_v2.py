@@ -9,9 +9,14 @@ classifier (`predictions`, a Dense layer) stays dense. With
 layer (same names, shapes and parameter count).
 """
 
+import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+
+# The same input scaling and ImageNet decoding as keras.applications.mobilenet_v2.
+preprocess_input = keras.applications.mobilenet_v2.preprocess_input
+decode_predictions = keras.applications.mobilenet_v2.decode_predictions
 
 # (expansion, output filters at width 1.0, stride) of blocks 0..16.
 _BLOCKS = (
@@ -37,7 +42,7 @@ _BLOCKS = (
 
 def MobileNetV2BFT(
     input_shape=None,
-    width=1.0,
+    width=None,
     include_top=True,
     weights=None,
     input_tensor=None,
@@ -52,6 +57,8 @@ def MobileNetV2BFT(
     *,
     fuse_head=True,
     alpha=None,
+    select=None,
+    rectangular="min",
 ):
     """Instantiates MobileNetV2 whose expand/project 1x1 convs are butterfly transforms.
 
@@ -70,10 +77,12 @@ def MobileNetV2BFT(
     'ButterflyFusion'
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
-    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages)
+    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
     if not isinstance(fuse_head, bool):
         raise ValueError(f"`fuse_head` must be a boolean. Received: fuse_head={fuse_head!r}")
-    image, inputs, rows = blocks.image_input(input_shape, input_tensor, default_size=224)
+    image, inputs, rows = blocks.image_input(
+        input_shape, input_tensor, default_size=224 if include_top else None
+    )
     axis = blocks.channel_axis()
 
     x = blocks.conv_bn(
@@ -99,7 +108,7 @@ def MobileNetV2BFT(
     else:
         x = blocks.pooled(x, pooling)
     name = name or blocks.default_name("mobilenet_v2", fusion, width, rows)
-    return blocks.finish_model(inputs, x, name, weights)
+    return blocks.finish_model(inputs, x, name, weights, spec)
 
 
 MobileNetV2BFT.__doc__ = MobileNetV2BFT.__doc__.format(common=blocks.COMMON_ARGS_DOC)

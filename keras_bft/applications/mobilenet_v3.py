@@ -14,9 +14,14 @@ the model with `Rescaling(1 / 127.5, offset=-1)`: it takes pixels in
 [0, 255] and feeds [-1, 1] to the network. With `False`, feed [-1, 1] yourself.
 """
 
+import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+
+# The same input scaling and ImageNet decoding as keras.applications.mobilenet_v3.
+preprocess_input = keras.applications.mobilenet_v3.preprocess_input
+decode_predictions = keras.applications.mobilenet_v3.decode_predictions
 
 # (expansion, filters at width 1.0, kernel, stride, squeeze-excite, activation).
 # kernel "k" is 5 (3 when minimalistic); "hs" is hard-swish (ReLU when minimalistic).
@@ -55,10 +60,10 @@ _LARGE = (
 def _mobilenet_v3(
     table, last_point, family, input_shape, width, include_top, weights, input_tensor,
     pooling, classes, classifier_activation, fusion, butterfly_k, radices, num_stages, name,
-    minimalistic, include_preprocessing, dropout, fuse_head, alpha,
+    minimalistic, include_preprocessing, dropout, fuse_head, alpha, dropout_rate, select, rectangular,
 ):
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
-    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages)
+    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
     for arg, value in (
         ("minimalistic", minimalistic),
         ("include_preprocessing", include_preprocessing),
@@ -66,7 +71,7 @@ def _mobilenet_v3(
     ):
         if not isinstance(value, bool):
             raise ValueError(f"`{arg}` must be a boolean. Received: {arg}={value!r}")
-    dropout = blocks.check_rate("dropout", dropout)
+    dropout = blocks.dropout_alias(dropout, dropout_rate, default=0.2)
     image, inputs, rows = blocks.image_input(input_shape, input_tensor, default_size=None)
     axis = blocks.channel_axis()
     act_main = "relu" if minimalistic else "hard_swish"
@@ -107,7 +112,7 @@ def _mobilenet_v3(
     else:
         x = blocks.pooled(x, pooling)
     name = name or blocks.default_name(family, fusion, width, rows)
-    return blocks.finish_model(inputs, x, name, weights)
+    return blocks.finish_model(inputs, x, name, weights, spec)
 
 
 _V3_DOC = """Instantiates MobileNetV3-{size} whose expand/project 1x1 convs are butterfly transforms.
@@ -119,8 +124,8 @@ _V3_DOC = """Instantiates MobileNetV3-{size} whose expand/project 1x1 convs are 
         include_preprocessing: start with `Rescaling(1/127.5, offset=-1)`,
             so the model takes pixels in [0, 255] (the keras.applications
             default).
-        dropout: dropout rate before the classifier (keras.applications'
-            `dropout_rate`).
+        dropout: dropout rate before the classifier (default 0.2; also
+            accepted as keras.applications' `dropout_rate=`).
         fuse_head: whether the last 1x1 conv on the feature map, `conv_1`, is
             a butterfly too (with `fusion="butterfly"`).
 
@@ -137,7 +142,7 @@ _V3_DOC = """Instantiates MobileNetV3-{size} whose expand/project 1x1 convs are 
 
 def MobileNetV3SmallBFT(
     input_shape=None,
-    width=1.0,
+    width=None,
     include_top=True,
     weights=None,
     input_tensor=None,
@@ -152,20 +157,24 @@ def MobileNetV3SmallBFT(
     *,
     minimalistic=False,
     include_preprocessing=True,
-    dropout=0.2,
+    dropout=None,
     fuse_head=True,
     alpha=None,
+    dropout_rate=None,
+    select=None,
+    rectangular="min",
 ):
     return _mobilenet_v3(
         _SMALL, 1024, "mobilenet_v3_small", input_shape, width, include_top, weights,
         input_tensor, pooling, classes, classifier_activation, fusion, butterfly_k, radices,
         num_stages, name, minimalistic, include_preprocessing, dropout, fuse_head, alpha,
+        dropout_rate, select, rectangular,
     )
 
 
 def MobileNetV3LargeBFT(
     input_shape=None,
-    width=1.0,
+    width=None,
     include_top=True,
     weights=None,
     input_tensor=None,
@@ -180,14 +189,18 @@ def MobileNetV3LargeBFT(
     *,
     minimalistic=False,
     include_preprocessing=True,
-    dropout=0.2,
+    dropout=None,
     fuse_head=True,
     alpha=None,
+    dropout_rate=None,
+    select=None,
+    rectangular="min",
 ):
     return _mobilenet_v3(
         _LARGE, 1280, "mobilenet_v3_large", input_shape, width, include_top, weights,
         input_tensor, pooling, classes, classifier_activation, fusion, butterfly_k, radices,
         num_stages, name, minimalistic, include_preprocessing, dropout, fuse_head, alpha,
+        dropout_rate, select, rectangular,
     )
 
 

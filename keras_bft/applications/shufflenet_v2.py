@@ -17,9 +17,15 @@ implementations (epsilon 1e-5, momentum 0.9). Inputs are expected in [-1, 1]
 or normalized like ImageNet; there is no preprocessing layer.
 """
 
+import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+
+# keras.applications has no ShuffleNetV2: inputs scaled to [-1, 1] as for the
+# MobileNets, and ImageNet decoding.
+preprocess_input = keras.applications.mobilenet_v2.preprocess_input
+decode_predictions = keras.applications.imagenet_utils.decode_predictions
 
 _STAGE_UNITS = (4, 8, 4)
 _STEM = 24
@@ -42,7 +48,7 @@ def stage_channels(width):
 
 def ShuffleNetV2BFT(
     input_shape=None,
-    width=1.0,
+    width=None,
     include_top=True,
     weights=None,
     input_tensor=None,
@@ -58,6 +64,8 @@ def ShuffleNetV2BFT(
     fuse_head=True,
     dropout=0.0,
     alpha=None,
+    select=None,
+    rectangular="min",
 ):
     """Instantiates ShuffleNetV2 whose branch 1x1 convs are butterfly transforms.
 
@@ -78,12 +86,21 @@ def ShuffleNetV2BFT(
     'ButterflyFusion'
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
-    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages)
+    spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
     if not isinstance(fuse_head, bool):
         raise ValueError(f"`fuse_head` must be a boolean. Received: fuse_head={fuse_head!r}")
     dropout = blocks.check_rate("dropout", dropout)
-    image, inputs, rows = blocks.image_input(input_shape, input_tensor, default_size=224)
+    image, inputs, rows = blocks.image_input(
+        input_shape, input_tensor, default_size=224 if include_top else None
+    )
     *stages, last = stage_channels(width)
+    if stages[0] <= _STEM:
+        # A downsampling unit keeps its C input channels on the left branch.
+        raise ValueError(
+            f"`width` is too small for ShuffleNetV2: it gives stage 2 {stages[0]} output channels, "
+            f"which must exceed the {_STEM} channels of the stem (width 0.22 and above work). "
+            f"Received: width={width!r}"
+        )
 
     x = blocks.conv_bn(image, _STEM, 3, 2, "conv1", "conv1_bn", blocks.BN_SHUFFLE)
     x = blocks.activation(x, "relu", "conv1")
@@ -101,7 +118,7 @@ def ShuffleNetV2BFT(
     else:
         x = blocks.pooled(x, pooling)
     name = name or blocks.default_name("shufflenet_v2", fusion, width, rows)
-    return blocks.finish_model(inputs, x, name, weights)
+    return blocks.finish_model(inputs, x, name, weights, spec)
 
 
 ShuffleNetV2BFT.__doc__ = ShuffleNetV2BFT.__doc__.format(common=blocks.COMMON_ARGS_DOC)

@@ -411,6 +411,22 @@ def stratified_indices(labels, per_class, seed=0):
     return np.sort(np.concatenate(chosen))
 
 
+def subset_per_class(dataset, train_per_class=None, test_per_class=None, seed=0):
+    """`(x_train, y_train, x_test, y_test)` of `dataset`, each split cut to `*_per_class` images per label.
+
+    `None` or 0 keeps a split whole; the subsets are `stratified_indices` with
+    seeds `seed` (train) and `seed + 1` (test).
+    """
+    x_train, y_train, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
+    if train_per_class:
+        keep = stratified_indices(y_train, train_per_class, seed=seed)
+        x_train, y_train = x_train[keep], y_train[keep]
+    if test_per_class:
+        keep = stratified_indices(y_test, test_per_class, seed=seed + 1)
+        x_test, y_test = x_test[keep], y_test[keep]
+    return x_train, y_train, x_test, y_test
+
+
 def prepare_images(images, size=32, channels=None):
     """uint8 images (N, H, W, C) -> float32 in [0, 1], zero-padded (centred) to `size` x `size`.
 

@@ -49,6 +49,10 @@ class ButterflyFusion(keras.layers.Layer):
     last stage writes `filters / groups` outputs per group (when
     `in < filters`), so cost follows the smaller side. Counts that do not factor
     into radices near `k` are zero-padded and cropped (exact; see `plan`).
+    `rectangular="paper"` builds the paper's rule instead: `ceil(max / min)`
+    independent square butterflies on `min(in, filters)` channels, whose
+    outputs are concatenated (in < filters) or which read one chunk of the
+    input each and are summed (in > filters); cost follows the larger side.
 
     Args:
         filters: number of output channels.
@@ -65,6 +69,7 @@ class ButterflyFusion(keras.layers.Layer):
             more raise a ValueError when the layer is built.
         residual: add the input to the output (identity on the first
             `min(in, filters)` channels): the paper's first-to-last residual.
+            With `rectangular="paper"`, each square copy adds its own input.
         use_bias: whether to add a bias vector.
         activation: activation applied to the output (default: none).
         data_format: `"channels_last"` or `"channels_first"`, for inputs of rank
@@ -88,6 +93,10 @@ class ButterflyFusion(keras.layers.Layer):
         activity_regularizer: regularizer applied to the output.
         kernel_constraint: constraint applied to each stage kernel.
         bias_constraint: constraint applied to the bias.
+        rectangular: how `in != filters` is built: `"min"` (default; one
+            butterfly on `min(in, filters)` channels with a rectangular
+            first or last stage) or `"paper"` (the paper's square copies, as
+            in its reference code; see `keras_bft.ops.plans`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Integer and bool inputs are cast to the layer's compute dtype, as `Dense`
@@ -130,6 +139,7 @@ class ButterflyFusion(keras.layers.Layer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        rectangular="min",
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -145,6 +155,7 @@ class ButterflyFusion(keras.layers.Layer):
         self.filters = filters
         self.butterfly_k = butterfly_k
         self.radices = None if radices is None else list(radices)
+        plans.check_rectangular(rectangular)
         self.num_stages = num_stages
         self.residual = bool(residual)
         self.use_bias = bool(use_bias)
@@ -152,6 +163,7 @@ class ButterflyFusion(keras.layers.Layer):
         self.data_format = data_format
         self.lowering = lowering
         self.merge_stages = None if merge_stages is None else list(merge_stages)
+        self.rectangular = rectangular
         self.kernel_initializer = (
             None if kernel_initializer == "butterfly" else keras.initializers.get(kernel_initializer)
         )
@@ -182,7 +194,8 @@ class ButterflyFusion(keras.layers.Layer):
                 f"Received: input_shape={input_shape} (data_format={self.data_format})"
             )
         self.plan = plans.make_plan(
-            int(channels), self.filters, self.butterfly_k, self.radices, self.num_stages
+            int(channels), self.filters, self.butterfly_k, self.radices, self.num_stages,
+            self.rectangular,
         )
         arguments.check_merge_stages(self.merge_stages, self.plan.num_stages)
         initializer = self.kernel_initializer or ButterflyUniform(
@@ -256,6 +269,7 @@ class ButterflyFusion(keras.layers.Layer):
                 "data_format": self.data_format,
                 "lowering": self.lowering,
                 "merge_stages": self.merge_stages,
+                "rectangular": self.rectangular,
                 "kernel_initializer": (
                     "butterfly"
                     if self.kernel_initializer is None

@@ -27,6 +27,7 @@ class ButterflyStages(keras.layers.Layer):
         out_channels: channels written (after cropping).
         residual, use_bias, activation, data_format: as in ButterflyFusion.
         lowering: one of `keras_bft.ops.LOWERINGS` except `"dense"`.
+        copies: `ButterflyPlan.copies` (the paper's square copies when > 1).
     """
 
     def __init__(
@@ -39,12 +40,14 @@ class ButterflyStages(keras.layers.Layer):
         activation=None,
         data_format="channels_last",
         lowering="grouped_conv",
+        copies=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.stages = [tuple(int(v) for v in s) for s in stages]
         self.plan = plans.ButterflyPlan(
-            int(in_channels), int(out_channels), tuple(plans.Stage(*s) for s in self.stages)
+            int(in_channels), int(out_channels), tuple(plans.Stage(*s) for s in self.stages),
+            int(copies),
         )
         self.residual = bool(residual)
         self.use_bias = bool(use_bias)
@@ -91,6 +94,7 @@ class ButterflyStages(keras.layers.Layer):
             activation=layer.activation,
             data_format=layer.data_format,
             lowering=lowering,
+            copies=plan.copies,
             name=layer.name,
             dtype=layer.dtype_policy,
         )
@@ -125,6 +129,7 @@ class ButterflyStages(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation),
                 "data_format": self.data_format,
                 "lowering": self.lowering,
+                "copies": self.plan.copies,
             }
         )
         return config

@@ -1,4 +1,4 @@
-"""Butterfly math with no Keras layers in it: plans, the NumPy oracle, keras.ops lowerings."""
+"""Butterfly math with no Keras layers in it: plans, the NumPy oracle, keras.ops lowerings, the fit to a dense matrix."""
 
 from keras_bft.ops import activations
 from keras_bft.ops.lowering import LOWERINGS

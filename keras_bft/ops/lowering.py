@@ -187,7 +187,9 @@ def grouped_conv_stages(matrix, kernels, plan, transform_kernel=None, observe=No
     Args:
         matrix: `(M, plan.in_channels)` input; zero-padded to `plan.padded_in`
             here (as a matrix: TF's CPU graph optimizer turns a PAD feeding a
-            conv directly into a wrong spatially padded conv).
+            conv directly into a wrong spatially padded conv). For the
+            paper's copies (`plan.copies > 1`), their `(M, plan.padded_in)`
+            inputs side by side.
         kernels: one `(groups, group_in, group_out)` tensor per stage.
         plan: a `ButterflyPlan`.
         transform_kernel: optional `f(index, stage, conv_kernel) -> conv_kernel`
@@ -199,7 +201,8 @@ def grouped_conv_stages(matrix, kernels, plan, transform_kernel=None, observe=No
             e.g. an activation range.
 
     Returns:
-        `(M, plan.out_channels)`.
+        `(M, plan.out_channels)`; for the paper's copies `(M, plan.padded_out)`,
+        to be gathered by the caller.
     """
     x = _pad_channels(matrix, plan.padded_in)
     x = ops.reshape(x, (1, -1, 1, plan.padded_in))
@@ -213,19 +216,42 @@ def grouped_conv_stages(matrix, kernels, plan, transform_kernel=None, observe=No
         x = perfect_shuffle(x, stage.groups, stage.group_out)
         x = ops.reshape(x, (1, -1, 1, stage.out_channels))
     x = ops.reshape(x, (-1, plan.padded_out))
-    if plan.padded_out != plan.out_channels:
+    if plan.copies == 1 and plan.padded_out != plan.out_channels:
         x = x[:, : plan.out_channels]
     return x
 
 
 def dense_from_kernels(kernels, plan, residual=False, dtype=None):
     """The `(in, out)` dense matrix as a tensor, by pushing the identity through the stages."""
-    eye = ops.eye(plan.padded_in, dtype=dtype or kernels[0].dtype)
-    matrix = _stages_group_major(eye, kernels, plan.stages)[: plan.in_channels]
-    matrix = matrix[:, : plan.out_channels]
+    eye = ops.eye(plan.in_channels, dtype=dtype or kernels[0].dtype)
+    return butterfly_transform(eye, kernels, plan, residual, "group_major")
+
+
+def _copies_in(x, plan):
+    """(M, in) -> (M, padded_in): the input of each square copy, side by side (paper rule)."""
+    copies, n = plan.copies, min(plan.in_channels, plan.out_channels)
+    n_pad = plan.padded_in // copies
+    if plan.in_channels < plan.out_channels:
+        return ops.tile(_pad_channels(x, n_pad), (1, copies))
+    chunks = ops.reshape(_pad_channels(x, copies * n), (-1, copies, n))
+    if n_pad > n:
+        chunks = ops.pad(chunks, ((0, 0), (0, 0), (0, n_pad - n)))
+    return ops.reshape(chunks, (-1, plan.padded_in))
+
+
+def _copies_out(y, x, plan, residual):
+    """(M, padded_out) -> (M, out): copy c's output J sits at J * copies + c; concatenate or sum."""
+    copies, n = plan.copies, min(plan.in_channels, plan.out_channels)
+    y = ops.reshape(y, (-1, plan.padded_out // copies, copies))[:, :n]
+    if plan.in_channels < plan.out_channels:
+        if residual:
+            y = y + ops.expand_dims(x, -1)
+        y = ops.reshape(ops.transpose(y, (0, 2, 1)), (-1, copies * n))
+        return y[:, : plan.out_channels]
+    y = ops.sum(y, axis=-1)
     if residual:
-        matrix = matrix + ops.eye(plan.in_channels, plan.out_channels, dtype=matrix.dtype)
-    return matrix
+        y = y + ops.sum(ops.reshape(_pad_channels(x, copies * n), (-1, copies, n)), axis=1)
+    return y
 
 
 def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"):
@@ -235,7 +261,8 @@ def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"
         x: tensor of shape `(..., plan.in_channels)`.
         kernels: one tensor per stage, of shape `stage.kernel_shape`.
         plan: a `ButterflyPlan`.
-        residual: add the input (identity on the first min(in, out) channels).
+        residual: add the input (identity on the first min(in, out) channels;
+            with the paper's copies, each copy's input to its output).
         lowering: one of `LOWERINGS`.
 
     Returns:
@@ -247,16 +274,21 @@ def butterfly_transform(x, kernels, plan, residual=False, lowering="group_major"
     if lowering == "dense":
         y = ops.matmul(matrix, dense_from_kernels(kernels, plan, residual, matrix.dtype))
         return ops.reshape(y, (*lead, plan.out_channels))
-    if lowering == "grouped_conv":
-        y = grouped_conv_stages(matrix, kernels, plan)
+    if plan.copies > 1:
+        y = _copies_in(matrix, plan)
     else:
         y = _pad_channels(matrix, plan.padded_in)
-        if lowering == "group_major":
-            y = _stages_group_major(y, kernels, plan.stages)
-        else:
-            y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
-        if plan.padded_out != plan.out_channels:
-            y = y[:, : plan.out_channels]
+    if lowering == "grouped_conv":
+        y = grouped_conv_stages(y, kernels, plan)
+    elif lowering == "group_major":
+        y = _stages_group_major(y, kernels, plan.stages)
+    else:
+        y = _stages_channels_last(y, kernels, plan.stages, lowering == "multiply_sum")
+    if plan.copies > 1:
+        y = _copies_out(y, matrix, plan, residual)
+        return ops.reshape(y, (*lead, plan.out_channels))
+    if plan.padded_out != plan.out_channels:
+        y = y[:, : plan.out_channels]
     if residual:
         if plan.in_channels > plan.out_channels:
             y = y + matrix[:, : plan.out_channels]

@@ -24,6 +24,17 @@ bounded and a plan never costs more than twice an unpadded one. Radices are
 stages; asking for more is an error, not a silent pad (8 channels in 8 stages
 would run 256).
 
+The paper's rule (`rectangular="paper"`, as in its reference code) is kept
+too: `copies = ceil(max / min)` independent square butterflies on `min(in,
+out)` channels. When `in < out` every copy reads the whole input and their
+outputs are concatenated and cropped to `out`; when `in > out` the input is cut
+into `copies` chunks of `out` channels (the last zero-padded), chunk `c` goes
+through copy `c`, and the results are summed. The copies run as one chain of
+square stages over `copies * n` channels that never mixes the copy digit: it
+starts as the top digit of the channel index and, after the last perfect
+shuffle, ends as the bottom one (output `J * copies + c` is copy `c`'s output
+`J`). `ButterflyPlan.copies` is 1 for every other plan.
+
 Adjacent square stages compose into one block-diagonal stage (`merge`): the
 same function with fewer passes, which is what exporters want.
 """
@@ -33,6 +44,7 @@ import functools
 import math
 
 from keras_bft.ops import arguments
+RECTANGULAR = ("min", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +79,15 @@ class ButterflyPlan:
 
     `padded_in >= in_channels` is what the first stage reads (zero-padded
     input), `padded_out >= out_channels` what the last stage writes (cropped).
+    With `copies > 1` (the paper's in != out rule, see the module docstring)
+    the stages run `copies` square butterflies side by side, and `padded_in`,
+    `padded_out` count all of them.
     """
 
     in_channels: int
     out_channels: int
     stages: tuple
+    copies: int = 1
 
     @property
     def padded_in(self):
@@ -98,6 +114,13 @@ class ButterflyPlan:
     @property
     def padding(self):
         """(input channels of zeros, output channels cropped)."""
+        if self.copies > 1:
+            # Copies read the input `copies` times (in < out) or once in chunks
+            # (in > out), and their outputs are concatenated or summed.
+            wide_in = self.in_channels < self.out_channels
+            reads = self.copies * self.in_channels if wide_in else self.in_channels
+            keeps = self.out_channels if wide_in else self.copies * self.out_channels
+            return (self.padded_in - reads, self.padded_out - keeps)
         return (
             self.padded_in - self.in_channels,
             self.padded_out - self.out_channels,
@@ -123,7 +146,7 @@ class ButterflyPlan:
             )
             groups = part[0].in_channels // group_in
             merged.append(Stage(groups, group_in, group_out))
-        return ButterflyPlan(self.in_channels, self.out_channels, tuple(merged))
+        return ButterflyPlan(self.in_channels, self.out_channels, tuple(merged), self.copies)
 
 
 def _factorizations(n, count, max_factor):
@@ -190,7 +213,18 @@ def auto_radices(n, butterfly_k=4, num_stages=None):
     )
 
 
-def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None):
+def check_rectangular(rectangular):
+    """Validates the `rectangular` argument (plans, ButterflyFusion, builders) and returns it."""
+    if rectangular not in RECTANGULAR:
+        raise ValueError(
+            f"`rectangular` must be one of {RECTANGULAR}. Received: rectangular={rectangular!r}"
+        )
+    return rectangular
+
+
+def make_plan(
+    in_channels, out_channels, butterfly_k=4, radices=None, num_stages=None, rectangular="min"
+):
     """Builds the plan of a butterfly transform from `in_channels` to `out_channels`.
 
     Args:
@@ -202,6 +236,9 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
         num_stages: explicit number of stages, at most
             `max_stages(min(in_channels, out_channels))` (zero padding never
             exceeds the real channels); overrides `butterfly_k`.
+        rectangular: how in != out is built: `"min"` (one butterfly on
+            `min(in, out)` channels with a rectangular first or last stage) or
+            `"paper"` (`ceil(max / min)` square copies, the paper's rule).
 
     Returns:
         A `ButterflyPlan`.
@@ -209,6 +246,7 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
     in_channels = arguments.positive_int("in_channels", in_channels)
     out_channels = arguments.positive_int("out_channels", out_channels)
     butterfly_k, radices, num_stages = arguments.check_butterfly(butterfly_k, radices, num_stages)
+    check_rectangular(rectangular)
     core = min(in_channels, out_channels)
     if radices is not None:
         if math.prod(radices) != core:
@@ -220,7 +258,12 @@ def make_plan(in_channels, out_channels, butterfly_k=4, radices=None, num_stages
     else:
         radices, padded = auto_radices(core, butterfly_k, num_stages)
         # The rectangular stage costs max(in, out) * its radix: give it the smallest.
-        radices = tuple(sorted(radices, reverse=in_channels < out_channels))
+        wide_last = rectangular == "min" and in_channels < out_channels
+        radices = tuple(sorted(radices, reverse=wide_last))
+    if rectangular == "paper" and in_channels != out_channels:
+        copies = -(-max(in_channels, out_channels) // core)
+        stages = tuple(Stage(copies * padded // r, r, r) for r in radices)
+        return ButterflyPlan(in_channels, out_channels, stages, copies)
     stages = [Stage(padded // r, r, r) for r in radices]
     if in_channels > out_channels:
         first = stages[0]

@@ -314,6 +314,13 @@ class QuantizedLinear(QuantizedWrapper):
 
     def _stage_kernels(self):
         kernels, plan = list(self.layer.kernels), self.layer.plan
+        if plan.copies > 1:
+            # The int8 stage loop runs one chain; the paper's copies need their own.
+            raise ValueError(
+                "Quantization-aware training runs a butterfly's stages with rectangular='min' "
+                "(or in == out) only; the paper's copies need lowering='dense'. Received: "
+                f"layer={self.layer.name!r} with rectangular={getattr(self.layer, 'rectangular', 'paper')!r}"
+            )
         merge_stages = getattr(self.layer, "merge_stages", None)
         if merge_stages is not None:
             kernels, plan = lowering_lib.merge_kernels(kernels, plan, merge_stages)
