@@ -19,7 +19,6 @@ import argparse
 import os
 
 import keras
-import numpy as np
 
 import keras_bft.layers  # noqa: F401  (registers ButterflyFusion for load_model)
 from keras_bft import applications

@@ -511,7 +511,6 @@ class Demo:
 
     def run(self, interactive=True):
         self._interactive = interactive
-        s = self.settings
         parent = os.path.dirname(os.path.abspath(self.output_dir)) or "."
         os.makedirs(parent, exist_ok=True)
         self.tmp_dir = tempfile.mkdtemp(prefix=".keras-bft-demo-", dir=parent)

@@ -16,7 +16,6 @@ LiteRT's XNNPACK delegate runs (int8 included):
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_bft.layers.butterfly_stages import ButterflyStages
