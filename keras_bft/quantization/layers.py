@@ -318,7 +318,8 @@ class QuantizedLinear(QuantizedWrapper):
             # The int8 stage loop runs one chain; the paper's copies need their own.
             raise ValueError(
                 "Quantization-aware training runs a butterfly's stages with rectangular='min' "
-                "(or in == out) only; the paper's copies need lowering='dense'. Received: "
+                "(or in == out) only; quantize the paper's copies in their dense form (lowering='dense', or "
+                "the form quantize_model's objective picks). Received: "
                 f"layer={self.layer.name!r} with rectangular={getattr(self.layer, 'rectangular', 'paper')!r}"
             )
         merge_stages = getattr(self.layer, "merge_stages", None)
