@@ -175,7 +175,7 @@ def test_subclassed_model_is_exported_as_trained_with_a_message():
     assert "SubclassedNet" in report.notes[0] and "exported as trained" in report.notes[0]
     got = tflite.predict(blob, data[:2])
     want = np.asarray(model(data[:2]))
-    np.testing.assert_allclose(np.concatenate([g[0] for g in got]), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-4, atol=1e-4)
 
 
 def test_objectives_trade_time_for_bytes():
