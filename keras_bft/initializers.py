@@ -1,6 +1,7 @@
 """Initializers for butterfly stage kernels."""
 
 import math
+import random
 
 import keras
 
@@ -42,9 +43,13 @@ class ButterflyUniform(keras.initializers.Initializer):
         return math.sqrt(3.0) * variance ** (1.0 / (2 * self.num_stages))
 
     def __call__(self, shape, dtype=None):
-        return keras.random.uniform(
-            shape, minval=-self.limit, maxval=self.limit, dtype=dtype, seed=self._generator
-        )
+        seed = self._generator
+        if seed is None:
+            # An integer seed per call, as Keras' unseeded initializers draw one: Keras' global
+            # SeedGenerator, if first created while a subclassed model builds inside its
+            # symbolic call, has no state. Python's `random` follows keras.utils.set_random_seed.
+            seed = random.randint(1, 2**31 - 1)
+        return keras.random.uniform(shape, minval=-self.limit, maxval=self.limit, dtype=dtype, seed=seed)
 
     def get_config(self):
         return {

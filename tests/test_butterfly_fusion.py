@@ -319,3 +319,39 @@ def test_docstring_example_runs():
 
     result = doctest.testmod(butterfly_fusion, extraglobs={"np": np}, verbose=False)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_first_call_of_a_subclassed_model_builds_in_a_fresh_process():
+    # Keras' global SeedGenerator, created inside a subclassed model's first (symbolic) call, has no state:
+    # the default initializer must not depend on it. A fresh process has no global generator yet.
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, keras\n"
+        "from keras_bft import ButterflyFusion\n"
+        "class Net(keras.Model):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fuse = ButterflyFusion(32)\n"
+        "    def call(self, x):\n"
+        "        return self.fuse(x)\n"
+        "print(tuple(Net()(np.ones((2, 6, 6, 32), 'float32')).shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(2, 6, 6, 32)")
+
+
+def test_default_initializer_is_reproducible_and_differs_per_stage():
+    def kernels(seed):
+        keras.utils.set_random_seed(seed)
+        layer = ButterflyFusion(16, radices=[4, 4])
+        layer.build((None, 16))
+        return [np.asarray(k) for k in layer.kernels]
+
+    a, b, c = kernels(3), kernels(3), kernels(4)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], a[1])  # same shape, independent draws
+    assert not np.array_equal(a[0], c[0])
