@@ -79,7 +79,7 @@ class Experiment:
         self.rows = []
         self.fit_reports = {}
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        dataset = data_lib.load_fashion_mnist()
+        dataset = data_lib.load_fashion_mnist(data_dir=args.data_dir)
         x_train, y_train, x_test, y_test = data_lib.subset_per_class(
             dataset, args.train_per_class, args.test_per_class
         )
@@ -130,6 +130,7 @@ class Experiment:
     def swap(self, teacher, init, **kwargs):
         keras.utils.set_random_seed(self.args.seed)
         model, report = keras_bft.replace_pointwise(teacher, init=init, return_report=True, **kwargs)
+        model.trainable = True  # the teacher is frozen once a Distiller has used it; its layers' flags are copied
         if not kwargs and init not in self.fit_reports:  # the per-layer errors of the default swap
             self.fit_reports[init] = report.to_markdown()
             print(report, flush=True)
@@ -293,6 +294,8 @@ def main(argv=None):
     parser.add_argument("--ablations", default="k=4,k=8,two-stages,no-residual,first-dense,last-dense",
                         help="comma-separated subset; empty for none")
     parser.add_argument("--keep-first", type=int, default=4, help="N of the 'first N dense' ablation")
+    parser.add_argument("--data-dir", default=None,
+                        help="a folder of Fashion-MNIST idx files (default: the demo's sources, in order)")
     parser.add_argument("--train-per-class", type=int, default=0, help="0: all training images")
     parser.add_argument("--test-per-class", type=int, default=0, help="0: all test images")
     parser.add_argument("--batch-size", type=int, default=64)

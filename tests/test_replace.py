@@ -356,3 +356,15 @@ def test_distiller_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=match):
             keras_bft.Distiller(student, teacher, **kwargs)
+
+
+def test_a_frozen_model_gives_a_frozen_copy_with_a_warning():
+    # A Distiller freezes its teacher; swapping that teacher again must not silently give a model that cannot train.
+    model = _sequential()
+    model.trainable = False
+    with pytest.warns(UserWarning, match="frozen"):
+        new = keras_bft.replace_pointwise(model, init="random")
+    assert not new.trainable_weights
+    new.trainable = True
+    trainable = {id(w) for w in new.trainable_weights}
+    assert all(id(k) in trainable for k in new.get_layer("expand").kernels)

@@ -13,6 +13,7 @@ it replaces. See docs/accuracy.md for what to do next (fine-tune, distill).
 """
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -227,6 +228,13 @@ def replace_pointwise(
     if not model.built:
         raise ValueError(
             f"`model` must be built (call it once, or give it an Input). Received: model={model.name!r}"
+        )
+    if model.weights and not model.trainable_weights:
+        # The layers keep their trainable flags, so the new model would not train either.
+        warnings.warn(
+            f"Every layer of model {model.name!r} is frozen (trainable=False; a Distiller freezes its "
+            "teacher): the returned model is frozen too. Set `new_model.trainable = True` to fine-tune it.",
+            stacklevel=2,
         )
     chooser = selection.Selection(select, default=selection.at_least_64_channels)
     spec = blocks.fusion_spec("butterfly", butterfly_k, radices, num_stages, chooser, rectangular)
