@@ -5,16 +5,22 @@ exporter's with `benchmarks/export.py --extra NAME=PATH` (docs/benchmarks-tflite
 
     PYTHONPATH=/path/to/old/checkout python benchmarks/reference_files.py OUTPUT_FOLDER
 """
+
 import sys
+
 import keras
 import numpy as np
-from keras_bft import ButterflyFusion, tflite
+
+from keras_bft import ButterflyFusion
 from keras_bft import applications as apps
+from keras_bft import tflite
 from keras_bft.tflite import synthetic
+
 
 def layer_bft():
     x = keras.Input((14, 14, 1024), batch_size=1)
     return keras.Model(x, ButterflyFusion(1024, butterfly_k=32)(x), name="bft_k32_1024")
+
 
 models = {
     "layer_bft_k32": layer_bft(),
