@@ -130,7 +130,6 @@ class Experiment:
     def swap(self, teacher, init, **kwargs):
         keras.utils.set_random_seed(self.args.seed)
         model, report = keras_bft.replace_pointwise(teacher, init=init, return_report=True, **kwargs)
-        model.trainable = True  # the teacher is frozen once a Distiller has used it; its layers' flags are copied
         if not kwargs and init not in self.fit_reports:  # the per-layer errors of the default swap
             self.fit_reports[init] = report.to_markdown()
             print(report, flush=True)

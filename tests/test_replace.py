@@ -358,13 +358,22 @@ def test_distiller_bad_arguments():
             keras_bft.Distiller(student, teacher, **kwargs)
 
 
-def test_a_frozen_model_gives_a_frozen_copy_with_a_warning():
-    # A Distiller freezes its teacher; swapping that teacher again must not silently give a model that cannot train.
-    model = _sequential()
+def test_a_wholly_frozen_model_gives_a_trainable_copy_with_a_warning():
+    # A Distiller freezes its teacher; swapping that teacher again must give a model that trains.
+    sequential = _sequential()
+    inputs = keras.Input((6, 6, 8))
+    x = inputs
+    for layer in sequential.layers:
+        x = layer(x)
+    model = keras.Model(inputs, x)  # functional: Keras' model-level `trainable = True` misses cloned layers
     model.trainable = False
     with pytest.warns(UserWarning, match="frozen"):
         new = keras_bft.replace_pointwise(model, init="random")
-    assert not new.trainable_weights
-    new.trainable = True
     trainable = {id(w) for w in new.trainable_weights}
+    assert len(new.trainable_weights) == len([w for w in new.weights if w.trainable]) > 0
     assert all(id(k) in trainable for k in new.get_layer("expand").kernels)
+    # A partly frozen model keeps its flags: the user's choice.
+    model.trainable = True
+    model.get_layer("expand").trainable = False
+    new = keras_bft.replace_pointwise(model, init="random")
+    assert not new.get_layer("expand").trainable and new.get_layer("project").trainable

@@ -229,11 +229,13 @@ def replace_pointwise(
         raise ValueError(
             f"`model` must be built (call it once, or give it an Input). Received: model={model.name!r}"
         )
-    if model.weights and not model.trainable_weights:
-        # The layers keep their trainable flags, so the new model would not train either.
+    # A wholly frozen model is a frozen copy (a Distiller's teacher), not a choice of layers to keep fixed:
+    # its replacement is made to be fine-tuned, so it comes back trainable.
+    unfreeze = bool(model.weights) and not model.trainable_weights
+    if unfreeze:
         warnings.warn(
-            f"Every layer of model {model.name!r} is frozen (trainable=False; a Distiller freezes its "
-            "teacher): the returned model is frozen too. Set `new_model.trainable = True` to fine-tune it.",
+            f"Every layer of model {model.name!r} is frozen (trainable=False, e.g. a Distiller's teacher); "
+            "the returned model is trainable (set `trainable` on its layers to freeze some).",
             stacklevel=2,
         )
     chooser = selection.Selection(select, default=selection.at_least_64_channels)
@@ -257,6 +259,8 @@ def replace_pointwise(
         site = chosen.get(id(layer))
         if site is None:
             new = layer.__class__.from_config(layer.get_config())
+            if unfreeze:
+                new.trainable = True
         else:
             new = spec.butterfly(
                 site.in_channels,
@@ -268,7 +272,7 @@ def replace_pointwise(
                 data_format=layer.data_format if site.kind == "Conv2D" else "channels_last",
                 lowering=lowering,
                 dtype=layer.dtype_policy,
-                trainable=layer.trainable,
+                trainable=layer.trainable or unfreeze,
             )
         pairs.append((layer, new))
         return new
