@@ -82,7 +82,7 @@ def main(argv=None):
 
     # 3. Distill: labels plus the trained model's softened outputs.
     pipeline.set_bn_momentum(student, 0.9)
-    distiller = keras_bft.Distiller(student, teacher, temperature=args.temperature, alpha=args.alpha)
+    distiller = keras_bft.Distiller(teacher=teacher, student=student, temperature=args.temperature, alpha=args.alpha)
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, run_eagerly=args.eager)
     history = distiller.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.distill_epochs,
                             verbose=verbose)

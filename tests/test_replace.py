@@ -278,42 +278,66 @@ def test_subclassed_and_unbuilt_models_are_refused():
 # ---------------------------------------------------------------- Distiller
 
 
-def _classifier(width, seed):
+def _classifier(width, seed, activation=None):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4, 4, 16))
     x = keras.layers.Conv2D(width, 1, activation="relu", name="pw")(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x))
+    return keras.Model(inputs, keras.layers.Dense(5, activation=activation, name="logits")(x))
 
 
-def test_distillation_term_is_the_tempered_kl():
-    teacher, student = _classifier(64, 0), _classifier(64, 1)
-    distiller = keras_bft.Distiller(student, teacher, temperature=3.0, alpha=0.7)
-    x = np.random.default_rng(0).standard_normal((8, 4, 4, 16)).astype("float32")
-    distiller(x, training=True)
-    got = float(ops.convert_to_numpy(distiller.losses[0]))
-
-    def log_softmax(z):
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    t = log_softmax(ops.convert_to_numpy(teacher(x)) / 3.0)
-    p = np.exp(t)
-    s = log_softmax(ops.convert_to_numpy(student(x)) / 3.0)
-    want = 0.7 * 9.0 * np.mean(np.sum(p * (t - s), -1))
-    assert got == pytest.approx(want, rel=1e-4)
-    np.testing.assert_allclose(ops.convert_to_numpy(distiller(x)), ops.convert_to_numpy(student(x)))
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def _kl(teacher_logits, student_logits):
     """Mean KL(teacher || student) of the softmax outputs, in NumPy."""
-
-    def log_softmax(z):
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    t, s = log_softmax(teacher_logits), log_softmax(student_logits)
+    t, s = _log_softmax(teacher_logits), _log_softmax(student_logits)
     return float(np.mean(np.sum(np.exp(t) * (t - s), -1)))
+
+
+def _features(model, x, name):
+    return ops.convert_to_numpy(keras.Model(model.input, model.get_layer(name).output)(x))
+
+
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "no-labels"])
+@pytest.mark.parametrize("feature_layers", [None, ["pw", "gap"]], ids=["logits", "features"])
+def test_distillation_loss_is_the_documented_formula(labels, feature_layers):
+    # (1 - alpha) CE(y, s) + alpha (T^2 KL(softmax(t/T) || softmax(s/T)) + w mean_l MSE(s_l, t_l)), in NumPy.
+    teacher, student = _classifier(64, 0), _classifier(64, 1)
+    alpha, t, weight = 0.7, 3.0, 0.5
+    distiller = keras_bft.Distiller(
+        teacher=teacher, student=student, temperature=t, alpha=alpha, feature_layers=feature_layers,
+        feature_weight=weight,
+    )
+    distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).standard_normal((8, 4, 4, 16)).astype("float32")
+    y = np.arange(8) % 5 if labels else None
+    got = float(ops.convert_to_numpy(distiller.compute_loss(x=x, y=y, y_pred=student(x))))
+
+    s, tl = ops.convert_to_numpy(student(x)), ops.convert_to_numpy(teacher(x))
+    want = alpha * t * t * _kl(tl / t, s / t)
+    if feature_layers:
+        mse = [np.mean((_features(student, x, n) - _features(teacher, x, n)) ** 2) for n in feature_layers]
+        want += alpha * weight * np.mean(mse)
+    if labels:
+        want += (1 - alpha) * -np.mean(_log_softmax(s)[np.arange(8), y])
+    assert got == pytest.approx(want, rel=1e-4)
+    np.testing.assert_allclose(ops.convert_to_numpy(distiller(x)), s)  # predicting runs the student
+
+
+def test_softmax_models_distill_as_their_logits_do():
+    # from_logits=False: the log of the probabilities has the softmax of the logits at every temperature.
+    x = np.random.default_rng(0).standard_normal((8, 4, 4, 16)).astype("float32")
+    losses = []
+    for activation, from_logits in ((None, True), ("softmax", False)):
+        teacher, student = _classifier(64, 0, activation), _classifier(64, 1, activation)
+        distiller = keras_bft.Distiller(teacher=teacher, student=student, temperature=2.0, from_logits=from_logits)
+        distiller.compile(loss="sparse_categorical_crossentropy")
+        losses.append(float(ops.convert_to_numpy(distiller.compute_loss(x=x, y=None, y_pred=student(x)))))
+    assert losses[0] > 0.01
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
 @pytest.mark.parametrize("feature_layers", [None, ["pw"]])
@@ -332,13 +356,16 @@ def test_distillation_moves_the_student_toward_the_teacher(feature_layers):
 
     kl_before, agree_before = distance()
     teacher_weights = _weights(teacher)
-    distiller = keras_bft.Distiller(student, teacher, temperature=2.0, alpha=0.9, feature_layers=feature_layers)
+    distiller = keras_bft.Distiller(
+        teacher=teacher, student=student, temperature=2.0, alpha=0.9, feature_layers=feature_layers
+    )
     distiller.compile(
         optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     history = distiller.fit(x, y, batch_size=32, epochs=8, verbose=0, callbacks=[keras.callbacks.History()])
     losses = history.history["loss"]
     assert losses[-1] < 0.6 * losses[0], losses
+    assert {"student_loss", "distillation_loss", "total_loss"} <= set(history.history)  # Keras' own trackers
     kl_after, agree_after = distance()
     # KL(teacher || student) at least halves; top-1 agreement ends high (where it starts depends on the backend's RNG).
     assert kl_after < 0.5 * kl_before and agree_after >= 0.75, (kl_before, kl_after, agree_before, agree_after)
@@ -346,16 +373,58 @@ def test_distillation_moves_the_student_toward_the_teacher(feature_layers):
         np.testing.assert_array_equal(a, b)  # the teacher is never trained
 
 
-def test_distiller_bad_arguments():
+def test_a_saved_distiller_loads_with_its_settings_and_both_models(tmp_path):
+    teacher, student = _classifier(64, 0), keras_bft.replace_pointwise(_classifier(64, 1), select=["pw"])
+    distiller = keras_bft.Distiller(
+        teacher=teacher, student=student, temperature=2.5, alpha=0.6, feature_layers=["pw"], feature_weight=0.3
+    )
+    distiller.compile(loss="sparse_categorical_crossentropy")
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, keras_bft.Distiller) and not loaded.teacher.trainable
+    for key in ("temperature", "alpha", "from_logits", "feature_layers", "feature_weight"):
+        assert getattr(loaded, key) == getattr(distiller, key), key
+    assert loaded.student_loss_weight == pytest.approx(0.4)
+    assert isinstance(loaded.student.get_layer("pw"), ButterflyFusion)
+    for a, b in zip(_weights(distiller.student) + _weights(teacher), _weights(loaded.student) + _weights(loaded.teacher)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _distiller_case(kwargs):
     teacher, student = _classifier(64, 0), _classifier(64, 1)
-    for kwargs, match in [
-        (dict(temperature=0), "temperature=0"),
-        (dict(alpha=1.5), "alpha=1.5"),
-        (dict(feature_layers=["nope"]), "'nope'"),
-        (dict(from_logits="yes"), "from_logits='yes'"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            keras_bft.Distiller(student, teacher, **kwargs)
+    return keras_bft.Distiller(**{"teacher": teacher, "student": student, **kwargs})
+
+
+# One row per bad argument: (what is passed, the error, what the message must name).
+DISTILLER_BAD_ARGUMENTS = [
+    (dict(temperature=0), ValueError, "temperature=0"),
+    (dict(temperature=float("inf")), ValueError, "temperature=inf"),
+    (dict(temperature="4"), ValueError, "temperature='4'"),
+    (dict(alpha=1.5), ValueError, r"alpha=1\.5"),
+    (dict(alpha=float("nan")), ValueError, "alpha=nan"),
+    (dict(alpha=True), ValueError, "alpha=True"),
+    (dict(feature_weight=-1), ValueError, "feature_weight=-1"),
+    (dict(feature_layers=["nope"]), ValueError, "'nope'"),
+    (dict(feature_layers="pw"), ValueError, "feature_layers='pw'"),
+    (dict(from_logits="yes"), ValueError, "from_logits='yes'"),
+    (dict(teacher=None), ValueError, "teacher=None"),
+    (dict(student="model.keras"), ValueError, "student='model.keras'"),
+    (dict(student=keras.Sequential([keras.layers.Dense(5)])), ValueError, "built"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", DISTILLER_BAD_ARGUMENTS, ids=[str(r[0]) for r in DISTILLER_BAD_ARGUMENTS])
+def test_distiller_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _distiller_case(kwargs)
+
+
+def test_distiller_arguments_are_keyword_only():
+    # Keras' order is (teacher, student), the old one here was (student, teacher): positional would train the wrong one.
+    teacher, student = _classifier(64, 0), _classifier(64, 1)
+    with pytest.raises(TypeError, match="positional"):
+        keras_bft.Distiller(student, teacher)
 
 
 def test_a_wholly_frozen_model_gives_a_trainable_copy_with_a_warning():

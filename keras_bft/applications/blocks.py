@@ -16,8 +16,6 @@ keep their FC layer). See docs/applications.md.
 """
 
 import dataclasses
-import math
-import numbers
 import os
 
 import keras
@@ -129,9 +127,6 @@ def _product(values):
     return out
 
 
-is_int = arguments.is_int
-
-
 def fusion_spec(fusion, butterfly_k=4, radices=None, num_stages=None, select=None, rectangular="min"):
     """Validates the fusion arguments of a builder and returns a `FusionSpec`.
 
@@ -166,15 +161,8 @@ def check_common_args(width, alpha, include_top, weights, pooling, classes):
         )
     else:
         name = "width"
-    if (
-        not isinstance(width, numbers.Real)
-        or isinstance(width, bool)
-        or not math.isfinite(width)
-        or not width > 0
-    ):
-        raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={width!r}")
-    if not isinstance(include_top, bool):
-        raise ValueError(f"`include_top` must be a boolean. Received: include_top={include_top!r}")
+    width = arguments.real(name, width, 0, low_open=True)
+    arguments.boolean("include_top", include_top)
     if weights is not None:
         if not isinstance(weights, (str, os.PathLike)) or weights == "imagenet":
             raise ValueError(
@@ -186,7 +174,7 @@ def check_common_args(width, alpha, include_top, weights, pooling, classes):
             raise ValueError(f"`weights` is not an existing file. Received: weights={weights!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if not is_int(classes) or classes < 1:
+    if not arguments.is_int(classes) or classes < 1:
         raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
     return float(width)
 
@@ -213,7 +201,7 @@ def image_input(input_shape, input_tensor, default_size, min_size=32):
         isinstance(input_shape, (str, bytes))
         or not hasattr(input_shape, "__len__")
         or len(input_shape) != 3
-        or not all(d is None or (is_int(d) and d > 0) for d in input_shape)
+        or not all(d is None or (arguments.is_int(d) and d > 0) for d in input_shape)
     ):
         raise ValueError(
             "`input_shape` must be (rows, cols, channels) (channels_last) or "
@@ -471,9 +459,7 @@ def dropout_alias(dropout, dropout_rate, default):
 
 def check_rate(name, value):
     """A dropout rate in [0, 1)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
-    return float(value)
+    return arguments.real(name, value, 0, 1, high_open=True)
 
 
 COMMON_ARGS_DOC = """        input_shape: optional `(rows, cols, channels)` (channels_last) or

@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+from keras_bft.ops import arguments
 
 # The same input scaling and ImageNet decoding as keras.applications.mobilenet.
 preprocess_input = keras.applications.mobilenet.preprocess_input
@@ -73,10 +74,7 @@ def MobileNetV1BFT(
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
     spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
-    if not blocks.is_int(depth_multiplier) or depth_multiplier < 1:
-        raise ValueError(
-            f"`depth_multiplier` must be a positive integer. Received: depth_multiplier={depth_multiplier!r}"
-        )
+    depth_multiplier = arguments.positive_int("depth_multiplier", depth_multiplier)
     if int(32 * width) < 1:
         raise ValueError(
             "`width` must be at least 1/32 for MobileNetV1 (its stem has int(32 * width) filters). "

@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+from keras_bft.ops import arguments
 
 # The same input scaling and ImageNet decoding as keras.applications.mobilenet_v2.
 preprocess_input = keras.applications.mobilenet_v2.preprocess_input
@@ -78,8 +79,7 @@ def MobileNetV2BFT(
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
     spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
-    if not isinstance(fuse_head, bool):
-        raise ValueError(f"`fuse_head` must be a boolean. Received: fuse_head={fuse_head!r}")
+    arguments.boolean("fuse_head", fuse_head)
     image, inputs, rows = blocks.image_input(
         input_shape, input_tensor, default_size=224 if include_top else None
     )

@@ -18,6 +18,7 @@ import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+from keras_bft.ops import arguments
 
 # The same input scaling and ImageNet decoding as keras.applications.mobilenet_v3.
 preprocess_input = keras.applications.mobilenet_v3.preprocess_input
@@ -69,8 +70,7 @@ def _mobilenet_v3(
         ("include_preprocessing", include_preprocessing),
         ("fuse_head", fuse_head),
     ):
-        if not isinstance(value, bool):
-            raise ValueError(f"`{arg}` must be a boolean. Received: {arg}={value!r}")
+        arguments.boolean(arg, value)
     dropout = blocks.dropout_alias(dropout, dropout_rate, default=0.2)
     image, inputs, rows = blocks.image_input(input_shape, input_tensor, default_size=None)
     axis = blocks.channel_axis()

@@ -21,6 +21,7 @@ import keras
 from keras import layers
 
 from keras_bft.applications import blocks
+from keras_bft.ops import arguments
 
 # keras.applications has no ShuffleNetV2: inputs scaled to [-1, 1] as for the
 # MobileNets, and ImageNet decoding.
@@ -87,8 +88,7 @@ def ShuffleNetV2BFT(
     """
     width = blocks.check_common_args(width, alpha, include_top, weights, pooling, classes)
     spec = blocks.fusion_spec(fusion, butterfly_k, radices, num_stages, select, rectangular)
-    if not isinstance(fuse_head, bool):
-        raise ValueError(f"`fuse_head` must be a boolean. Received: fuse_head={fuse_head!r}")
+    arguments.boolean("fuse_head", fuse_head)
     dropout = blocks.check_rate("dropout", dropout)
     image, inputs, rows = blocks.image_input(
         input_shape, input_tensor, default_size=224 if include_top else None

@@ -20,6 +20,7 @@ import numpy as np
 from keras import ops
 
 from keras_bft.applications import blocks
+from keras_bft.ops import arguments
 from keras_bft.ops import fit as fit_lib
 from keras_bft.utils import macs as macs_lib
 from keras_bft.utils import selection
@@ -221,10 +222,8 @@ def replace_pointwise(
     if init not in INITS:
         raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
     for name, value in (("residual", residual), ("dry_run", dry_run), ("return_report", return_report)):
-        if not isinstance(value, bool):
-            raise ValueError(f"`{name}` must be a boolean. Received: {name}={value!r}")
-    if not blocks.is_int(fit_sweeps) or fit_sweeps < 0:
-        raise ValueError(f"`fit_sweeps` must be a non-negative integer. Received: fit_sweeps={fit_sweeps!r}")
+        arguments.boolean(name, value)
+    fit_sweeps = arguments.positive_int("fit_sweeps", fit_sweeps, minimum=0)
     if not model.built:
         raise ValueError(
             f"`model` must be built (call it once, or give it an Input). Received: model={model.name!r}"

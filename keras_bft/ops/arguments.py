@@ -1,4 +1,4 @@
-"""The checks of the butterfly arguments, shared by the plans, the ButterflyFusion layer and the builders.
+"""The argument checks shared by the package: the butterfly arguments (plans, layer, builders), booleans, numbers.
 
 Pure Python, no Keras: each function takes what a user passed, raises
 `ValueError` naming the argument and echoing the received value, and returns
@@ -27,6 +27,30 @@ import numbers
 def is_int(value):
     """Whether `value` is an integer (Python or NumPy), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def boolean(name, value):
+    """`value`, or ValueError unless it is a bool (1, "yes" and None are not)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a boolean. Received: {name}={value!r}")
+    return value
+
+
+def real(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False):
+    """`float(value)`, or ValueError unless `value` is a finite number in the interval.
+
+    The interval is `[low, high]`, each end open when `low_open`/`high_open`;
+    NaN, infinities, bools and strings are never numbers here.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        if low == 0 and high == math.inf:
+            what = f"a {'positive' if low_open else 'non-negative'} finite number"
+        else:
+            what = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
+    return float(value)
 
 
 def positive_int(name, value, minimum=1):
