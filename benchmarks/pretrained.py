@@ -17,7 +17,14 @@ BN momentum 0.9, batch 64, logits):
       width whose MACs reach the BFT model's, distilled / trained E epochs.
 - Ablations (`--ablations`), with recipe (d) at the middle budget: k = 8, two
   stages (k ~ sqrt(n)), no residual, the first N selected 1x1s kept dense,
-  the last one kept dense; each with its int8 LiteRT latency.
+  the last one kept dense, and `features`: recipe (d) that also matches the
+  teacher's feature maps at the taps (Distiller(feature_layers=TAPS)), and
+  `taps-dense`: the two 1x1s that compute the taps kept dense; each with its
+  int8 LiteRT latency.
+- Backbone use (detection, segmentation): for every swapped model, the
+  relative error ||student - teacher|| / ||teacher|| of the feature maps an
+  SSDLite head taps (TAPS), on the test images: how far the backbone a
+  detection head was trained on has moved.
 
 Every model's accuracy is measured on the test split right after its swap
 (epoch 0) and after training. int8 latencies are measured in one interleaved
@@ -52,6 +59,9 @@ from keras_bft.demo import pipeline  # noqa: E402
 from keras_bft.utils import count_macs  # noqa: E402
 
 TWIN_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+# SSDLite's taps on MobileNetV2 (docs/accuracy.md): the expansion at 1/16 resolution and the last feature map.
+TAPS = ("block_13_expand_relu", "out_relu")
+TAP_PRODUCERS = ("block_13_expand", "Conv_1")  # the 1x1 convs that compute them
 
 
 @dataclasses.dataclass
@@ -67,10 +77,24 @@ class Row:
     train_seconds: float
     int8_ms: object = None
     tflite_path: object = None
+    tap_errors: object = None  # {tap: relative error to the teacher's feature map}, swapped models only
 
 
 def _accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=250, verbose=0), -1) == y))
+
+
+def _taps(model, x):
+    taps = keras.Model(model.input, [model.get_layer(name).output for name in TAPS])
+    return taps.predict(x, batch_size=250, verbose=0)
+
+
+def _tap_errors(model, teacher_taps, x):
+    """{tap: ||model's map - teacher's|| / ||teacher's||} on `x`."""
+    return {
+        name: float(np.linalg.norm(s - t) / np.linalg.norm(t))
+        for name, s, t in zip(TAPS, _taps(model, x), teacher_taps)
+    }
 
 
 class Experiment:
@@ -78,6 +102,7 @@ class Experiment:
         self.args = args
         self.rows = []
         self.fit_reports = {}
+        self.teacher_taps = None
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         dataset = data_lib.load_fashion_mnist(data_dir=args.data_dir)
         x_train, y_train, x_test, y_test = data_lib.subset_per_class(
@@ -90,7 +115,7 @@ class Experiment:
 
     # ------------------------------------------------------------ training
 
-    def train(self, model, epochs, learning_rate, teacher=None):
+    def train(self, model, epochs, learning_rate, teacher=None, **distill_kwargs):
         """The demo's recipe (Adam, cosine decay to 0, BN momentum 0.9); with a teacher, through Distiller."""
         a = self.args
         pipeline.set_bn_momentum(model, 0.9)
@@ -98,7 +123,8 @@ class Experiment:
         optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
         trainee = model
         if teacher is not None:
-            trainee = keras_bft.Distiller(model, teacher, temperature=a.temperature, alpha=a.alpha)
+            trainee = keras_bft.Distiller(teacher=teacher, student=model, temperature=a.temperature, alpha=a.alpha,
+                                          **distill_kwargs)
         trainee.compile(optimizer=optimizer, loss=self.loss, metrics=None, run_eagerly=a.eager)
         start = time.perf_counter()
         if epochs:
@@ -109,10 +135,16 @@ class Experiment:
     def record(self, variant, model, epochs, seconds, start_accuracy=None):
         row = Row(variant, epochs, count_macs(model), model.count_params(), start_accuracy,
                   _accuracy(model, self.x_test, self.y_test), seconds)
+        if variant == "teacher":
+            self.teacher_taps = _taps(model, self.x_test)
+        elif start_accuracy is not None:
+            row.tap_errors = _tap_errors(model, self.teacher_taps, self.x_test)
         self.rows.append(row)
         start = "" if start_accuracy is None else f" (after the swap: {start_accuracy:.4f})"
+        taps = "" if row.tap_errors is None else ", tap errors " + ", ".join(
+            f"{k} {v:.3f}" for k, v in row.tap_errors.items())
         print(f"[{variant} @ {epochs} epoch(s)] accuracy {row.accuracy:.4f}{start}, {row.macs:,} MACs, "
-              f"{seconds:.0f} s", flush=True)
+              f"{seconds:.0f} s{taps}", flush=True)
         return row
 
     # ------------------------------------------------------------ models
@@ -207,20 +239,22 @@ class Experiment:
     def ablations(self, teacher, names):
         a = self.args
         epochs = a.budgets[len(a.budgets) // 2]
-        variants = {
-            "k=4": {},
-            "k=8": dict(butterfly_k=8),
-            "two-stages": dict(num_stages=2),
-            "no-residual": dict(residual=False),
-            f"first-{a.keep_first}-dense": dict(select=names[a.keep_first:]),
-            "last-dense": dict(select=names[:-1]),
+        variants = {  # name: (replace_pointwise arguments, Distiller arguments)
+            "k=4": ({}, {}),
+            "k=8": (dict(butterfly_k=8), {}),
+            "two-stages": (dict(num_stages=2), {}),
+            "no-residual": (dict(residual=False), {}),
+            f"first-{a.keep_first}-dense": (dict(select=names[a.keep_first:]), {}),
+            "last-dense": (dict(select=names[:-1]), {}),
+            "features": ({}, dict(feature_layers=list(TAPS))),
+            "taps-dense": (dict(select=[n for n in names if n not in TAP_PRODUCERS]), {}),
         }
-        for variant, kwargs in variants.items():
+        for variant, (kwargs, distill_kwargs) in variants.items():
             if variant.split("-")[0] not in [w.split("-")[0] for w in a.ablations]:
                 continue
             model, start = self.swap(teacher, "fit", **kwargs)
             row = self.record(f"ablation: {variant}", model, epochs,
-                              self.train(model, epochs, a.finetune_lr, teacher=teacher), start)
+                              self.train(model, epochs, a.finetune_lr, teacher=teacher, **distill_kwargs), start)
             if a.latency_runs:
                 self.export(row, model)
 
@@ -243,13 +277,16 @@ def write_results(rows, args, source, seconds, fit_reports):
         f"Measured {datetime.date.today().isoformat()} on {_machine()}: `{command}` ({seconds / 60:.0f} min).",
         f"{source}.",
         "",
-        "| model | epochs | MACs | params | accuracy after swap | accuracy | int8 ms (1 thread) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | epochs | MACs | params | accuracy after swap | accuracy | int8 ms (1 thread) | "
+        + " | ".join(f"{t} rel. error" for t in TAPS) + " |",
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(TAPS),
     ]
     for r in rows:
         start = "" if r.start_accuracy is None else f"{r.start_accuracy:.4f}"
         ms = "" if r.int8_ms is None else f"{r.int8_ms:.3f}"
-        lines.append(f"| {r.variant} | {r.epochs} | {r.macs:,} | {r.params:,} | {start} | {r.accuracy:.4f} | {ms} |")
+        taps = " | ".join("" if r.tap_errors is None else f"{r.tap_errors[t]:.3f}" for t in TAPS)
+        lines.append(f"| {r.variant} | {r.epochs} | {r.macs:,} | {r.params:,} | {start} | {r.accuracy:.4f} | {ms} "
+                     f"| {taps} |")
     for init, table in fit_reports.items():
         lines += ["", f"The swap with init={init!r}, per layer (error: relative Frobenius error to the trained kernel):",
                   "", table]
@@ -281,7 +318,7 @@ def write_results(rows, args, source, seconds, fit_reports):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a few minutes: width 0.35, 30 images per class, one budget, one ablation")
+                        help="a few minutes: width 0.35, 30 images per class, one budget, two ablations")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--width", type=float, default=1.0, help="width of the pointwise MobileNetV2 teacher")
     parser.add_argument("--teacher-epochs", type=int, default=6)
@@ -290,7 +327,7 @@ def main(argv=None):
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate after a swap")
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument("--ablations", default="k=4,k=8,two-stages,no-residual,first-dense,last-dense",
+    parser.add_argument("--ablations", default="k=4,k=8,two-stages,no-residual,first-dense,last-dense,features",
                         help="comma-separated subset; empty for none")
     parser.add_argument("--keep-first", type=int, default=4, help="N of the 'first N dense' ablation")
     parser.add_argument("--data-dir", default=None,
@@ -305,7 +342,7 @@ def main(argv=None):
     if args.quick:  # checks that every step runs; the numbers mean little
         args.width, args.teacher_epochs, args.budgets = 0.35, 3, "1"
         args.train_per_class, args.test_per_class = args.train_per_class or 30, args.test_per_class or 20
-        args.ablations, args.latency_runs, args.eager = "no-residual", min(args.latency_runs, 20), True
+        args.ablations, args.latency_runs, args.eager = "features,taps-dense", min(args.latency_runs, 20), True
     args.budgets = [int(b) for b in args.budgets.split(",") if b]
     args.ablations = [a for a in args.ablations.split(",") if a]
     if not args.budgets or min(args.budgets) < 1:
