@@ -18,7 +18,8 @@ BN momentum 0.9, batch 64, logits):
 - Ablations (`--ablations`), with recipe (d) at the middle budget: k = 8, two
   stages (k ~ sqrt(n)), no residual, the first N selected 1x1s kept dense,
   the last one kept dense, and `features`: recipe (d) that also matches the
-  teacher's feature maps at the taps (Distiller(feature_layers=TAPS)), and
+  teacher's feature maps at the taps (Distiller(feature_layers=TAPS), once
+  per `--feature-weights`), and
   `taps-dense`: the two 1x1s that compute the taps kept dense; each with its
   int8 LiteRT latency.
 - Backbone use (detection, segmentation): for every swapped model, the
@@ -206,7 +207,7 @@ class Experiment:
         report = keras_bft.replace_pointwise(teacher, dry_run=True)
         names = [r.path for r in report.layers]
         print(report, flush=True)
-        for epochs in a.budgets:
+        for epochs in [] if a.only_ablations else a.budgets:
             for e in sorted({epochs, 3 * epochs}):
                 if not any(r.variant == "scratch" and r.epochs == e for r in self.rows):
                     model = self.scratch(names)
@@ -246,7 +247,10 @@ class Experiment:
             "no-residual": (dict(residual=False), {}),
             f"first-{a.keep_first}-dense": (dict(select=names[a.keep_first:]), {}),
             "last-dense": (dict(select=names[:-1]), {}),
-            "features": ({}, dict(feature_layers=list(TAPS))),
+            **{
+                f"features-w{w:g}": ({}, dict(feature_layers=list(TAPS), feature_weight=w))
+                for w in a.feature_weights
+            },
             "taps-dense": (dict(select=[n for n in names if n not in TAP_PRODUCERS]), {}),
         }
         for variant, (kwargs, distill_kwargs) in variants.items():
@@ -330,6 +334,10 @@ def main(argv=None):
     parser.add_argument("--ablations", default="k=4,k=8,two-stages,no-residual,first-dense,last-dense,features",
                         help="comma-separated subset; empty for none")
     parser.add_argument("--keep-first", type=int, default=4, help="N of the 'first N dense' ablation")
+    parser.add_argument("--feature-weights", default="1,10",
+                        help="Distiller feature_weight of each 'features' ablation, comma-separated")
+    parser.add_argument("--only-ablations", action="store_true",
+                        help="the teacher and the ablations only (at the middle of --budgets)")
     parser.add_argument("--data-dir", default=None,
                         help="a folder of Fashion-MNIST idx files (default: the demo's sources, in order)")
     parser.add_argument("--train-per-class", type=int, default=0, help="0: all training images")
@@ -345,6 +353,10 @@ def main(argv=None):
         args.ablations, args.latency_runs, args.eager = "features,taps-dense", min(args.latency_runs, 20), True
     args.budgets = [int(b) for b in args.budgets.split(",") if b]
     args.ablations = [a for a in args.ablations.split(",") if a]
+    try:
+        args.feature_weights = [float(w) for w in args.feature_weights.split(",") if w]
+    except ValueError:
+        parser.error(f"--feature-weights must list numbers. Received: --feature-weights={args.feature_weights}")
     if not args.budgets or min(args.budgets) < 1:
         parser.error(f"--budgets must list positive epoch counts. Received: --budgets={args.budgets}")
     start = time.perf_counter()
