@@ -446,3 +446,12 @@ def test_a_wholly_frozen_model_gives_a_trainable_copy_with_a_warning():
     model.get_layer("expand").trainable = False
     new = keras_bft.replace_pointwise(model, init="random")
     assert not new.get_layer("expand").trainable and new.get_layer("project").trainable
+
+
+def test_distiller_docstring_example_runs():
+    import doctest
+
+    from keras_bft.models import distill
+
+    result = doctest.testmod(distill, verbose=False)
+    assert result.attempted >= 10 and result.failed == 0
