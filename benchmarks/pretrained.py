@@ -17,11 +17,10 @@ BN momentum 0.9, batch 64, logits):
       width whose MACs reach the BFT model's, distilled / trained E epochs.
 - Ablations (`--ablations`), with recipe (d) at the middle budget: k = 8, two
   stages (k ~ sqrt(n)), no residual, the first N selected 1x1s kept dense,
-  the last one kept dense, and `features`: recipe (d) that also matches the
-  teacher's feature maps at the taps (Distiller(feature_layers=TAPS), once
-  per `--feature-weights`), and
-  `taps-dense`: the two 1x1s that compute the taps kept dense; each with its
-  int8 LiteRT latency.
+  the last one kept dense, the two 1x1s that compute the taps kept dense
+  (`taps-dense`), and recipe (d) that also matches the teacher's feature maps
+  at the taps (`features`: Distiller(feature_layers=TAPS), once per
+  `--feature-weights`); each with its int8 LiteRT latency.
 - Backbone use (detection, segmentation): for every swapped model, the
   relative error ||student - teacher|| / ||teacher|| of the feature maps an
   SSDLite head taps (TAPS), on the test images: how far the backbone a
