@@ -92,6 +92,8 @@ def test_int8_staged_lowering_int8_io_and_rewrite_is_exact_in_float():
 
 
 def test_calibration_from_dataset_and_image_folder(tmp_path):
+    # Seeded: top-1 agreement on 4 images of an untrained model flips on a near-tie for some random inits.
+    keras.utils.set_random_seed(0)
     model = small_model(channels=3, filters=16)
     data = _data(model, 8)
     dataset = tf.data.Dataset.from_tensor_slices((data, np.zeros(8))).batch(4)
